@@ -1,0 +1,1 @@
+"""The gateway: HTTP intake and the WebSocket endpoint, the only package that uses Starlette."""

@@ -1,0 +1,106 @@
+"""The Starlette application: routes, and the resources that live as long as it does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.config import Settings
+from service.gateway.errors import HTTPFailure, error_response, service_error_response
+from service.gateway.health import Health
+from service.gateway.jobs import Intake
+from service.keys import Keys
+from service.migrate import require_layout
+from service.model import ErrorCode, ServiceError
+from service.redis_client import RedisFactory
+from service.streams import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process holds; built in the lifespan, gone after it."""
+
+    settings: Settings
+    factory: RedisFactory
+    intake: Intake
+    health: Health
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings.require_secret_key()
+    keys = Keys(settings.key_prefix)
+    state: dict[str, Gateway] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        factory = RedisFactory(settings, "gateway")
+        client = factory.commands()
+        try:
+            await require_layout(client, keys)
+            store = JobStore(client, keys, result_ttl_s=settings.result_ttl_s)
+            state["gateway"] = Gateway(settings, factory, Intake(settings, store), Health(client))
+            log.info("gateway ready (delivery mode %s)", settings.delivery_mode)
+            yield
+        finally:
+            state.clear()
+            await client.aclose()
+
+    def gateway() -> Gateway:
+        return state["gateway"]
+
+    async def post_job(request: Request) -> Response:
+        return await gateway().intake.submit(request)
+
+    async def get_job(request: Request) -> Response:
+        return await gateway().intake.read(request)
+
+    async def healthz(request: Request) -> Response:
+        return await gateway().health.healthz(request)
+
+    async def readyz(request: Request) -> Response:
+        return await gateway().health.readyz(request)
+
+    async def on_failure(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPFailure)
+        return error_response(exc.status, exc.code, exc.message)
+
+    async def on_service_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return service_error_response(exc)
+
+    async def on_http_exception(_request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.BAD_REQUEST}
+        detail = getattr(exc, "detail", "") or "error"
+        return error_response(status, codes.get(status, ErrorCode.BAD_REQUEST), str(detail))
+
+    async def on_unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return error_response(500, ErrorCode.UNAVAILABLE, "internal error")
+
+    from starlette.exceptions import HTTPException
+
+    return Starlette(
+        routes=[
+            Route("/jobs", post_job, methods=["POST"]),
+            Route("/jobs/{job}", get_job, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPFailure: on_failure,
+            ServiceError: on_service_error,
+            HTTPException: on_http_exception,
+            Exception: on_unexpected,
+        },
+    )

@@ -1,0 +1,153 @@
+"""`POST /jobs` and `GET /jobs/{job}`."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import tokens
+from service.codec import encode, job_body
+from service.config import Settings
+from service.gateway.errors import HTTPFailure
+from service.handlers import BUILTIN_HANDLERS, BUILTIN_VALIDATORS, validate_count
+from service.model import ErrorCode, is_job_id, seq_of_stream_id
+from service.streams import JobStore
+
+KINDS_CACHE_S = 5.0
+
+
+class Intake:
+    """Validates submissions and reads jobs back; holds no Redis connection of its own."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._kinds: set[str] = set()
+        self._kinds_read_at = float("-inf")
+
+    async def submit(self, request: Request) -> Response:
+        self._check_api_key(request)
+        body = await self._read_body(request)
+        try:
+            submission = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"body is not valid JSON: {e}") from e
+        if not isinstance(submission, dict):
+            raise HTTPFailure(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"body must be a JSON object, got {_json_type(submission)}",
+            )
+        kind = submission.get("kind")
+        payload = submission.get("payload", {})
+        if not isinstance(kind, str) or not kind:
+            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, "field 'kind' must be a non-empty string")
+        if not isinstance(payload, dict):
+            raise HTTPFailure(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"field 'payload' must be a JSON object, got {_json_type(payload)}",
+            )
+        await self._check_kind(kind)
+        problem = self._validate(kind, payload)
+        if problem:
+            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, problem)
+        job = await self.store.submit(kind, orjson.dumps(payload))
+        token = tokens.sign(job, self.settings.secret_key)
+        return Response(encode({"job": job, "token": token}), 202, media_type="application/json")
+
+    async def read(self, request: Request) -> Response:
+        job = request.path_params["job"]
+        if not is_job_id(job):
+            raise HTTPFailure(
+                400,
+                ErrorCode.BAD_REQUEST,
+                "job id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+            )
+        if not tokens.verify(job, request.query_params.get("token"), self.settings.token_keys):
+            raise HTTPFailure(403, ErrorCode.FORBIDDEN, "the token is not valid for this job")
+        after = request.query_params.get("after")
+        try:
+            after_seq = seq_of_stream_id(after) if after else 0
+        except ValueError as e:
+            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
+        snapshot = await self.store.snapshot(job, after_seq, self.settings.max_replay_events)
+        if snapshot is None:
+            raise HTTPFailure(
+                404, ErrorCode.NOT_FOUND, "no such job (unknown, or its results expired)"
+            )
+        if after_seq > snapshot.meta.seq:
+            raise HTTPFailure(
+                410,
+                ErrorCode.GONE,
+                "the position asked for is past the job's last event; "
+                "its results were rewound and cannot be served in full",
+            )
+        body = job_body(job, snapshot.meta.status.value, snapshot.frames)
+        return Response(body, 200, media_type="application/json")
+
+    def _check_api_key(self, request: Request) -> None:
+        keys = self.settings.api_keys
+        if not keys:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        ok = False
+        if scheme.lower() == "bearer" and given:
+            for key in keys:
+                ok |= hmac.compare_digest(key.encode(), given.strip().encode())
+        if not ok:
+            raise HTTPFailure(
+                401,
+                ErrorCode.UNAUTHORIZED,
+                "a valid API key is required: Authorization: Bearer <key>",
+            )
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = HTTPFailure(413, ErrorCode.TOO_LARGE, f"request body is over {limit} bytes")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def _check_kind(self, kind: str) -> None:
+        if kind in BUILTIN_HANDLERS:
+            return
+        now = time.monotonic()
+        if kind not in self._kinds and now - self._kinds_read_at > KINDS_CACHE_S:
+            self._kinds = await self.store.registered_kinds()
+            self._kinds_read_at = now
+        if kind not in self._kinds:
+            raise HTTPFailure(
+                400,
+                ErrorCode.UNKNOWN_KIND,
+                f"unknown job kind {kind[:64]!r}: no worker has registered it",
+            )
+
+    def _validate(self, kind: str, payload: dict[str, object]) -> str | None:
+        if kind == "count":
+            return validate_count(payload, self.settings.max_events_per_job)
+        validator = BUILTIN_VALIDATORS.get(kind)
+        return validator(payload) if validator else None
+
+
+def _json_type(value: object) -> str:
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)

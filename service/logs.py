@@ -1,0 +1,33 @@
+"""Logging set-up, with a last line of defence against secrets in log lines."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+_TOKEN_PARAM = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Masks passwords in Redis URLs and `token=` query values in every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _TOKEN_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", message))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def redact(text: str) -> str:
+    return _TOKEN_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

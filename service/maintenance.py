@@ -1,0 +1,121 @@
+"""Stream maintenance, run by exactly one process of a deployment: the lease holder.
+
+The seed ran maintenance on a process named `worker-0`, so it ran nowhere when that process
+was down and twice when two were misnamed. Here every worker competes for a short Redis lease
+(`SET NX PX`, renewed by its holder); whoever holds it does the work, and when it dies the
+lease expires and another process takes over.
+
+The only thing to trim is the jobs stream: result streams and meta hashes expire on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as redis
+
+from service.keys import Keys
+from service.redis_client import redis_errors
+from service.scripts import RELEASE_LOCK
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    """A named lease in Redis that one holder at a time renews."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+        self._client = client
+        self._key = key
+        self._ttl_ms = int(ttl_s * 1000)
+        self.token = secrets.token_hex(16)
+        self.held = False
+
+    async def acquire_or_renew(self) -> bool:
+        if self.held:
+            renewed = await RELEASE_LOCK(self._client, [self._key], [self.token, self._ttl_ms])
+            self.held = bool(renewed)
+            if not self.held:
+                log.warning("lease %s was lost (expired while this process stalled)", self._key)
+        if not self.held:
+            self.held = bool(
+                await self._client.set(self._key, self.token, nx=True, px=self._ttl_ms)
+            )
+            if self.held:
+                log.info("took lease %s", self._key)
+        return self.held
+
+    async def release(self) -> None:
+        if self.held:
+            await RELEASE_LOCK(self._client, [self._key], [self.token])
+            self.held = False
+
+
+def _next_id(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+    """Delete the entries of `stream` that every consumer group has acknowledged."""
+    groups = await client.xinfo_groups(stream)
+    if not groups:
+        return 0
+    floors: list[str] = []
+    for group in groups:
+        name = group["name"]
+        if int(group["pending"]):
+            summary = await client.xpending(stream, name)
+            floors.append(_as_str(summary["min"]))
+        else:
+            floors.append(_next_id(_as_str(group["last-delivered-id"])))
+    floor = min(floors, key=_id_key)
+    return int(await client.xtrim(stream, minid=floor, approximate=False))
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def run_maintenance(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    lease_ttl_s: float,
+    interval_s: float,
+    extra: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Hold the maintenance lease when possible and do the work while holding it; never returns."""
+    lease = Lease(client, keys.maintenance_lease, lease_ttl_s)
+    renew_every_s = lease_ttl_s / 3
+    next_work = 0.0
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                with redis_errors("maintenance"):
+                    if await lease.acquire_or_renew() and loop.time() >= next_work:
+                        trimmed = await trim_acknowledged(client, keys.jobs)
+                        if trimmed:
+                            log.info("maintenance trimmed %d acknowledged jobs", trimmed)
+                        if extra is not None:
+                            await extra()
+                        next_work = loop.time() + interval_s
+            except Exception as e:
+                # The loop must outlive any failure: log one line and try again next round.
+                log.warning("maintenance round failed: %s", e)
+                lease.held = False
+            await asyncio.sleep(min(renew_every_s, interval_s))
+    finally:
+        try:
+            await asyncio.shield(lease.release())
+        except Exception as e:
+            log.debug("could not release the maintenance lease: %s", e)

@@ -1,0 +1,151 @@
+"""Versioned changes to the Redis layout, applied in order, exactly once each.
+
+A migration is a file `migrations/NNNN_name.py` with a docstring (what it changes) and
+`async def up(client, keys)`. `migrate` takes a lock so two migrators never run at once,
+records each version in a hash when it has been applied, and keeps the highest applied version
+as the layout version. Gateways and workers refuse to start while the layout is older than the
+newest migration they ship with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import redis.asyncio as redis
+
+from service.keys import Keys
+from service.scripts import RELEASE_LOCK
+
+log = logging.getLogger(__name__)
+
+_FILE_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.py")
+LOCK_TTL_S = 120.0
+LOCK_WAIT_S = 150.0
+
+
+class MigrationError(Exception):
+    """The layout cannot be brought up to date, or is older than this code needs."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def description(self) -> str:
+        return (self._module().__doc__ or self.name).strip().splitlines()[0]
+
+    def _module(self) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"_rc_migration_{self.version}", self.path)
+        if spec is None or spec.loader is None:
+            raise MigrationError(f"cannot load migration {self.path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    @property
+    def up(self) -> Callable[[redis.Redis, Keys], Awaitable[None]]:
+        up = getattr(self._module(), "up", None)
+        if not callable(up):
+            raise MigrationError(f"migration {self.path.name} has no `async def up(client, keys)`")
+        return up  # type: ignore[no-any-return]
+
+
+def migrations_dir() -> Path:
+    """`MIGRATIONS_DIR`, else the copy inside an installed wheel, else the repository's."""
+    if configured := os.environ.get("MIGRATIONS_DIR"):
+        return Path(configured)
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError("no migrations directory found (set MIGRATIONS_DIR)")
+
+
+def discover(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found = []
+    for path in sorted(directory.iterdir()):
+        if match := _FILE_RE.fullmatch(path.name):
+            found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version in {directory}")
+    return found
+
+
+def expected_layout(directory: Path | None = None) -> int:
+    return max((m.version for m in discover(directory)), default=0)
+
+
+async def applied_versions(client: redis.Redis, keys: Keys) -> set[int]:
+    return {int(v) for v in await client.hkeys(keys.migrations)}
+
+
+async def require_layout(client: redis.Redis, keys: Keys, directory: Path | None = None) -> None:
+    """Refuse to run against a Redis whose layout is older than this code expects."""
+    expected = expected_layout(directory)
+    raw = await client.get(keys.layout)
+    current = int(raw) if raw else 0
+    if current < expected:
+        raise MigrationError(
+            f"the Redis layout is at version {current} but this code needs {expected}: "
+            "run `python -m service migrate` first"
+        )
+
+
+async def migrate(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    directory: Path | None = None,
+    dry_run: bool = False,
+    report: Callable[[str], None] = print,
+) -> list[int]:
+    """Apply pending migrations in order; returns the versions applied (or, dry, pending)."""
+    migrations = discover(directory)
+    token = secrets.token_hex(16)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not await client.set(keys.migrations_lock, token, nx=True, px=int(LOCK_TTL_S * 1000)):
+        if time.monotonic() > deadline:
+            raise MigrationError("another migrator has held the lock for too long")
+        await asyncio.sleep(0.05)
+    try:
+        done = await applied_versions(client, keys)
+        pending = [m for m in migrations if m.version not in done]
+        if not pending:
+            report("migrations: nothing to apply, the layout is up to date")
+        for migration in pending:
+            label = f"{migration.version:04d} {migration.name}: {migration.description}"
+            if dry_run:
+                report(f"would apply {label}")
+                continue
+            report(f"applying {label}")
+            await migration.up(client, keys)
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(keys.migrations, str(migration.version), str(time.time_ns() // 1_000_000))
+            pipe.set(keys.layout, max(done | {migration.version}))
+            await pipe.execute()
+            done.add(migration.version)
+        return [m.version for m in pending]
+    finally:
+        await RELEASE_LOCK(client, [keys.migrations_lock], [token])
+
+
+async def status(
+    client: redis.Redis, keys: Keys, *, directory: Path | None = None
+) -> list[tuple[Migration, bool]]:
+    done = await applied_versions(client, keys)
+    return [(m, m.version in done) for m in discover(directory)]

@@ -1,0 +1,204 @@
+"""Redis clients, built in one place, and the mapping of Redis failures to the service's errors.
+
+Choices made here on purpose:
+
+- RESP2 is pinned (`protocol=2`): reply shapes do not change under us when redis-py changes
+  its default, and every Redis-compatible provider speaks it.
+- redis-py 8 retries every command up to 10 times by default, silently. We turn that off
+  (`retries=0`) and retry explicitly, only where an operation is idempotent (`retrying`).
+- Each use gets a socket timeout that fits it: short for commands, longer than the block for
+  blocking reads, none for the Pub/Sub subscriber (an idle subscriber must not time out).
+- Every command sent is counted by name, for the metrics and the A/B benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from service.config import Settings
+from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable, ServiceError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["gateway", "worker", "migrate", "dev", "bench"]
+T = TypeVar("T")
+
+BUSY_MESSAGE = "Server busy, please retry your request"
+CAPACITY_MESSAGE = "Service is at capacity, please try again later"
+UNAVAILABLE_MESSAGE = "Service temporarily unavailable, please retry shortly"
+
+# Margin between a blocking command's own timeout and the socket's, so the server answers first.
+BLOCK_MARGIN_S = 5.0
+
+
+@dataclass
+class CommandCounter:
+    """Commands this process sent to Redis, by command name (upper case)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _counting_class(base: type[AbstractConnection], counter: CommandCounter) -> type[Any]:
+    counts = counter.counts
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        counts[str(name).split(" ", 1)[0].upper()] += 1
+        packed: list[bytes] = base.pack_command(self, *args)
+        return packed
+
+    return type(f"Counting{base.__name__}", (base,), {"pack_command": pack_command})
+
+
+def pool_size(role: Role, settings: Settings, concurrency: int = 1) -> int:
+    """How many command connections a process of `role` may hold.
+
+    A gateway multiplexes everything over a couple of connections (plus its subscriber), so its
+    connection count does not grow with its clients; a worker needs a few more as its
+    concurrency grows, because handlers may talk to Redis while the emitter flushes.
+    """
+    if role == "gateway":
+        return min(2, settings.redis_max_connections)
+    if role == "worker":
+        return min(2 + concurrency // 4, settings.redis_max_connections)
+    return min(4, settings.redis_max_connections)
+
+
+@dataclass
+class RedisFactory:
+    """Builds every Redis client of one process from `REDIS_URL`."""
+
+    settings: Settings
+    role: Role
+    counter: CommandCounter = field(default_factory=CommandCounter)
+    concurrency: int = 1
+
+    def _pool_kwargs(self, *, socket_timeout: float | None, health_check_s: int) -> dict[str, Any]:
+        options: dict[str, Any] = dict(parse_url(self.settings.redis_url))
+        base = options.pop("connection_class", redis.Connection)
+        options.update(
+            connection_class=_counting_class(base, self.counter),
+            protocol=2,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self.settings.redis_connect_timeout_s,
+            socket_keepalive=True,
+            health_check_interval=health_check_s,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"resultcast-{self.role}",
+        )
+        return options
+
+    def commands(self, max_connections: int | None = None) -> redis.Redis:
+        """The pooled client for ordinary commands; waits briefly for a free connection."""
+        size = max_connections or pool_size(self.role, self.settings, self.concurrency)
+        pool = redis.BlockingConnectionPool(
+            max_connections=size,
+            timeout=self.settings.redis_socket_timeout_s,
+            **self._pool_kwargs(
+                socket_timeout=self.settings.redis_socket_timeout_s, health_check_s=30
+            ),
+        )
+        return redis.Redis.from_pool(pool)
+
+    def blocking(self, block_ms: int, max_connections: int = 1) -> redis.Redis:
+        """A client for blocking reads: its socket timeout outlasts the block."""
+        pool = redis.BlockingConnectionPool(
+            max_connections=max_connections,
+            timeout=self.settings.redis_socket_timeout_s,
+            **self._pool_kwargs(socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0),
+        )
+        return redis.Redis.from_pool(pool)
+
+    def subscriber(self) -> redis.Redis:
+        """A client for one Pub/Sub connection: no read timeout, liveness is probed instead."""
+        pool = redis.ConnectionPool(
+            max_connections=1, **self._pool_kwargs(socket_timeout=None, health_check_s=0)
+        )
+        return redis.Redis.from_pool(pool)
+
+
+def map_redis_error(error: BaseException) -> ServiceError | None:
+    """The service error for a Redis failure, or None when it is not one we translate."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, RedisTimeoutError | asyncio.TimeoutError):
+        return RedisBusy(BUSY_MESSAGE)
+    if isinstance(error, ResponseError):
+        text = str(error).lower()
+        if "max requests limit exceeded" in text or text.startswith("oom"):
+            return RedisAtCapacity(CAPACITY_MESSAGE)
+        if text.startswith(("loading", "masterdown", "readonly", "tryagain", "clusterdown")):
+            return RedisUnavailable(UNAVAILABLE_MESSAGE)
+        return None
+    if isinstance(error, RedisConnectionError):
+        if "no connection available" in str(error).lower():
+            # Our own pool is exhausted: we are at capacity, Redis itself is fine.
+            return RedisAtCapacity(CAPACITY_MESSAGE)
+        return RedisUnavailable(UNAVAILABLE_MESSAGE)
+    if isinstance(error, OSError):
+        return RedisUnavailable(UNAVAILABLE_MESSAGE)
+    return None
+
+
+@contextmanager
+def redis_errors(operation: str) -> Iterator[None]:
+    """Turn Redis failures inside the block into `ServiceError`s, logging one line each."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except Exception as e:
+        mapped = map_redis_error(e)
+        if mapped is None:
+            raise
+        log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
+        raise mapped from e
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError) or (
+        isinstance(error, ResponseError) and str(error).startswith(("LOADING", "TRYAGAIN"))
+    )
+
+
+async def retrying(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 3,
+    base_s: float = 0.05,
+    cap_s: float = 1.0,
+) -> T:
+    """Run an idempotent operation, retrying transient failures with jittered backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except Exception as e:
+            if attempt == attempts or not is_transient(e):
+                raise
+            await asyncio.sleep(backoff_s(attempt, base_s, cap_s))
+    raise AssertionError("unreachable")
+
+
+def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 5.0) -> float:
+    """Full-jitter exponential backoff for the `attempt`-th retry (1-based)."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))

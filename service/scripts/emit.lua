@@ -1,0 +1,56 @@
+-- Append result events to a job's stream and publish each one, atomically.
+--
+-- KEYS[1] the job's events stream, KEYS[2] its meta hash, KEYS[3] its notification channel
+-- ARGV[1] job id, ARGV[2] ttl in ms, ARGV[3] max events per job,
+-- then for each event: seq, kind ("data" | "done" | "failed"), ts (ms), data (JSON text)
+--
+-- Idempotent: an event whose seq is already written is skipped (no second entry, no second
+-- notification), so a command re-sent after a lost reply is harmless.
+-- Returns {written, last_seq, outcome}: outcome 0 ok, 1 no such job, 2 job already finished,
+-- 3 seq gap (the caller's idea of the next seq is wrong), 4 too many data events for one job.
+local meta = KEYS[2]
+local status = redis.call('HGET', meta, 'status')
+if not status then
+  return {0, 0, 1}
+end
+local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local job, ttl, max_events = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local written, outcome, ts = 0, 0, nil
+for i = 4, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    if status == 'done' or status == 'failed' then
+      outcome = 2
+      break
+    end
+    if seq ~= last + 1 then
+      outcome = 3
+      break
+    end
+    local kind = ARGV[i + 1]
+    -- The limit leaves room for one terminal event, so an over-long job can still be failed.
+    if seq > max_events and kind == 'data' then
+      outcome = 4
+      break
+    end
+    ts = ARGV[i + 2]
+    local id = ARGV[i] .. '-0'
+    local frame = '{"seq":' .. ARGV[i] .. ',"job":"' .. job .. '","id":"' .. id ..
+      '","type":"event","event":"' .. kind .. '","ts":' .. ts .. ',"data":' .. ARGV[i + 3] .. '}'
+    redis.call('XADD', KEYS[1], id, 'f', frame)
+    redis.call('PUBLISH', KEYS[3], frame)
+    last = seq
+    written = written + 1
+    if kind ~= 'data' then
+      status = kind
+    elseif status == 'queued' then
+      status = 'running'
+    end
+  end
+end
+if written > 0 then
+  redis.call('HSET', meta, 'seq', last, 'status', status, 'updated_ms', ts)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', meta, ttl)
+end
+return {written, last, outcome}

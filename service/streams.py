@@ -1,0 +1,93 @@
+"""Jobs in Redis: submitting one, and reading a job's status and stored events.
+
+Reads are idempotent and retried on transient failures; the one write that is not (adding the
+job to the intake stream) is sent exactly once, after the job's meta hash exists, so a failed
+submission leaves at worst an orphan meta hash that expires with the result TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+
+from service.keys import Keys
+from service.model import JobStatus, new_job_id, stream_id
+from service.redis_client import redis_errors, retrying
+from service.scripts import CREATE_JOB
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    status: JobStatus
+    kind: str
+    seq: int
+    attempts: int
+    created_ms: int
+    updated_ms: int
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes]) -> JobMeta:
+        return cls(
+            status=JobStatus(raw[b"status"].decode()),
+            kind=raw.get(b"kind", b"").decode(),
+            seq=int(raw.get(b"seq", 0)),
+            attempts=int(raw.get(b"attempts", 0)),
+            created_ms=int(raw.get(b"created_ms", 0)),
+            updated_ms=int(raw.get(b"updated_ms", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job's status and a page of its events, read in one round trip."""
+
+    meta: JobMeta
+    frames: list[bytes]
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, keys: Keys, *, result_ttl_s: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._ttl_ms = result_ttl_s * 1000
+
+    async def submit(self, kind: str, payload: bytes) -> str:
+        """Create a job and queue it for the workers; returns its id."""
+        job = new_job_id()
+        now = time.time_ns() // 1_000_000
+        with redis_errors("submit"):
+            await retrying(
+                lambda: CREATE_JOB(self._client, [self._keys.meta(job)], [kind, now, self._ttl_ms])
+            )
+            await self._client.xadd(self._keys.jobs, {"job": job, "kind": kind, "payload": payload})
+        return job
+
+    async def meta(self, job: str) -> JobMeta | None:
+        with redis_errors("read job"):
+            raw: Any = await retrying(lambda: self._client.hgetall(self._keys.meta(job)))
+        return JobMeta.from_hash(raw) if raw else None
+
+    async def snapshot(self, job: str, after_seq: int, limit: int) -> JobSnapshot | None:
+        """The job's meta and up to `limit` events after `after_seq`; None if it is unknown."""
+
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._keys.meta(job))
+            pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=limit)
+            return list(await pipe.execute())
+
+        with redis_errors("read job"):
+            raw_meta, entries = await retrying(read)
+        if not raw_meta:
+            return None
+        return JobSnapshot(JobMeta.from_hash(raw_meta), [fields[b"f"] for _, fields in entries])
+
+    async def registered_kinds(self) -> set[str]:
+        """Kinds that some worker has registered (built-in kinds are always known)."""
+        with redis_errors("read kinds"):
+            names = await retrying(lambda: self._client.hkeys(self._keys.kinds))
+        return {name.decode() if isinstance(name, bytes) else name for name in names}

@@ -1,0 +1,353 @@
+"""The job worker: takes jobs from the jobs stream, runs them, and emits their events.
+
+Jobs come from a consumer group, so each job goes to one worker. A job is acknowledged only
+once its terminal event is durable; a worker that dies leaves its jobs pending, and another
+worker claims them (`XAUTOCLAIM`) once they have been idle for `JOB_VISIBILITY_S`. Running jobs
+are kept fresh by a heartbeat so a slow job is not taken from a live worker. Each start counts
+an attempt; past `JOB_MAX_ATTEMPTS` the job is failed with a message saying so.
+
+On SIGTERM/SIGINT the worker stops taking jobs, lets running ones finish for up to
+`WORKER_STOP_GRACE_S`, then cancels the rest and hands them back for others to claim at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from service.config import Settings
+from service.handlers import Handler, Job, JobFailed
+from service.keys import WORKERS_GROUP, Keys
+from service.maintenance import run_maintenance
+from service.migrate import require_layout
+from service.model import EventKind, JobStatus
+from service.publisher import EmitError, Emitter, JobLost, JobWriter, TooManyEvents, now_ms
+from service.redis_client import RedisFactory, backoff_s, redis_errors, retrying
+from service.scripts import START_JOB
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_LEASE_S = 15.0
+
+
+@dataclass
+class _Running:
+    entry_id: str
+    job: str
+    task: asyncio.Task[None] | None = None
+    writer: JobWriter | None = None
+    handed_back: bool = False
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    handlers: dict[str, Handler]
+    concurrency: int = 4
+    consumer: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    )
+    maintenance_lease_s: float = MAINTENANCE_LEASE_S
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.settings.key_prefix)
+        self.factory = RedisFactory(self.settings, "worker", concurrency=self.concurrency)
+        self.client = self.factory.commands()
+        self.intake = self.factory.blocking(self.settings.worker_block_ms)
+        self.emitter = Emitter(
+            self.client,
+            self.keys,
+            ttl_s=self.settings.result_ttl_s,
+            max_events_per_job=self.settings.max_events_per_job,
+        )
+        self.running: dict[str, _Running] = {}
+        self._slot_free = asyncio.Event()
+        self.jobs_done = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then shut down gracefully."""
+        await require_layout(self.client, self.keys)
+        await self._register_kinds()
+        log.info(
+            "worker %s ready: concurrency %d, kinds %s",
+            self.consumer,
+            self.concurrency,
+            ", ".join(sorted(self.handlers)),
+        )
+        background = [
+            asyncio.create_task(self.emitter.run(), name="emitter"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(
+                run_maintenance(
+                    self.client,
+                    self.keys,
+                    lease_ttl_s=self.maintenance_lease_s,
+                    interval_s=self.settings.maintenance_interval_s,
+                ),
+                name="maintenance",
+            ),
+        ]
+        intake = asyncio.create_task(self._take_jobs(), name="intake")
+        try:
+            await stop.wait()
+        finally:
+            intake.cancel()
+            with suppress(asyncio.CancelledError):
+                await intake
+            await self._finish_running()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.client.aclose()
+            await self.intake.aclose()
+            log.info("worker %s stopped after %d jobs", self.consumer, self.jobs_done)
+
+    async def _register_kinds(self) -> None:
+        now = now_ms()
+        with redis_errors("register kinds"):
+            await retrying(
+                lambda: self.client.hset(self.keys.kinds, mapping=dict.fromkeys(self.handlers, now))
+            )
+
+    # -- taking jobs -------------------------------------------------------------------------
+
+    async def _take_jobs(self) -> None:
+        """New jobs first, then idle ones that a dead worker left behind."""
+        attempt = 0
+        next_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            free = await self._free_slots()
+            try:
+                entries: list[Any] = []
+                if loop.time() >= next_claim:
+                    entries = await self._claim_abandoned(free)
+                    next_claim = loop.time() + self.settings.job_visibility_s / 2
+                if not entries:
+                    entries = await self._read_new(free)
+                attempt = 0
+            except Exception as e:
+                attempt += 1
+                log.warning("taking jobs failed (attempt %d): %s: %s", attempt, type(e).__name__, e)
+                await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=5.0))
+                continue
+            for entry_id, fields in entries:
+                self._start(entry_id.decode(), fields)
+
+    async def _free_slots(self) -> int:
+        while len(self.running) >= self.concurrency:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+        return self.concurrency - len(self.running)
+
+    async def _read_new(self, count: int) -> list[Any]:
+        reply: Any = await self.intake.xreadgroup(
+            WORKERS_GROUP,
+            self.consumer,
+            {self.keys.jobs: ">"},
+            count=count,
+            block=self.settings.worker_block_ms,
+        )
+        return list(reply[0][1]) if reply else []
+
+    async def _claim_abandoned(self, count: int) -> list[Any]:
+        min_idle_ms = int(self.settings.job_visibility_s * 1000)
+        reply = await self.client.xautoclaim(
+            self.keys.jobs, WORKERS_GROUP, self.consumer, min_idle_ms, "0-0", count=count
+        )
+        claimed, deleted = reply[1], reply[2] if len(reply) > 2 else []
+        if deleted:
+            # Entries trimmed while pending: nothing to run, just clear them from the group.
+            await self.client.xack(self.keys.jobs, WORKERS_GROUP, *deleted)
+        claimed = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if claimed:
+            log.info("claimed %d abandoned job(s)", len(claimed))
+        return claimed
+
+    def _start(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        job = fields.get(b"job", b"").decode()
+        running = _Running(entry_id, job)
+        self.running[entry_id] = running
+        running.task = asyncio.create_task(self._run_job(running, fields), name=f"job-{job}")
+
+    async def _heartbeat(self) -> None:
+        """Keep running jobs' idle time low so no other worker claims them."""
+        while True:
+            await asyncio.sleep(self.settings.job_visibility_s / 3)
+            ids: list[Any] = [r.entry_id for r in self.running.values() if not r.handed_back]
+            if not ids:
+                continue
+            try:
+                await self.client.xclaim(
+                    self.keys.jobs, WORKERS_GROUP, self.consumer, 0, ids, justid=True
+                )
+            except Exception as e:
+                log.warning("heartbeat for %d running job(s) failed: %s", len(ids), e)
+
+    # -- running one job ---------------------------------------------------------------------
+
+    async def _run_job(self, running: _Running, fields: dict[bytes, bytes]) -> None:
+        try:
+            await self._execute(running, fields)
+        except asyncio.CancelledError:
+            await self._hand_back(running)
+            raise
+        except Exception as e:
+            # The job stays pending and another worker (or this one) will claim it later.
+            log.error(
+                "job %s could not be completed here: %s: %s", running.job, type(e).__name__, e
+            )
+        finally:
+            self.running.pop(running.entry_id, None)
+            self._slot_free.set()
+
+    async def _execute(self, running: _Running, fields: dict[bytes, bytes]) -> None:
+        job, kind = running.job, fields.get(b"kind", b"").decode()
+        with redis_errors("start job"):
+            attempts, last_seq, status = await retrying(
+                lambda: START_JOB(self.client, [self.keys.meta(job)], [now_ms()])
+            )
+        status = status.decode() if isinstance(status, bytes) else status
+        if not status:
+            log.warning("job %s is gone from Redis (expired or lost); dropping it", job)
+        elif status in (JobStatus.DONE, JobStatus.FAILED):
+            log.info("job %s was already %s; acknowledging it", job, status)
+        else:
+            writer = running.writer = self.emitter.writer(job, int(last_seq))
+            await self._run_handler(writer, kind, fields.get(b"payload", b"{}"), int(attempts))
+        await self._acknowledge(running.entry_id)
+        self.jobs_done += 1
+
+    async def _run_handler(
+        self, writer: JobWriter, kind: str, raw_payload: bytes, attempts: int
+    ) -> None:
+        handler = self.handlers.get(kind)
+        terminal: tuple[EventKind, Any]
+        if attempts > self.settings.job_max_attempts:
+            message = f"job failed after {attempts - 1} attempts (its workers stopped or died)"
+            terminal = (EventKind.FAILED, {"message": message})
+        elif handler is None:
+            terminal = (EventKind.FAILED, {"message": f"no handler for job kind {kind!r}"})
+        else:
+            terminal = await self._call(handler, writer, kind, raw_payload, attempts)
+        try:
+            await writer.emit(*terminal)
+            await writer.flushed()
+        except JobLost:
+            log.warning("job %s vanished from Redis while running; dropping it", writer.job)
+        except EmitError as e:
+            log.warning("job %s: terminal event not written: %s", writer.job, e)
+
+    async def _call(
+        self, handler: Handler, writer: JobWriter, kind: str, raw_payload: bytes, attempts: int
+    ) -> tuple[EventKind, Any]:
+        async def emit(data: Any) -> None:
+            await writer.emit(EventKind.DATA, data)
+
+        try:
+            payload = orjson.loads(raw_payload)
+            if not isinstance(payload, dict):
+                raise TypeError("payload is not an object")
+        except (orjson.JSONDecodeError, TypeError):
+            return EventKind.FAILED, {"message": "the job's payload is not a JSON object"}
+        job = Job(writer.job, kind, payload, attempts, writer.last_seq, emit)
+        try:
+            result = await handler(job)
+            await writer.flushed()
+        except JobFailed as e:
+            return EventKind.FAILED, {"message": e.message}
+        except TooManyEvents:
+            limit = self.settings.max_events_per_job
+            return EventKind.FAILED, {"message": f"job exceeded the limit of {limit} events"}
+        except EmitError:
+            raise
+        except Exception as e:
+            log.exception("handler for job %s (%s) raised", writer.job, kind)
+            return EventKind.FAILED, {"message": f"the job's handler failed ({type(e).__name__})"}
+        return EventKind.DONE, result
+
+    async def _acknowledge(self, entry_id: str) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.client.xack(self.keys.jobs, WORKERS_GROUP, entry_id)
+                return
+            except Exception as e:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("acknowledging job entry %s failed, retrying: %s", entry_id, e)
+                await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=2.0))
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def _finish_running(self) -> None:
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            log.info(
+                "waiting up to %.0fs for %d running job(s)",
+                self.settings.worker_stop_grace_s,
+                len(tasks),
+            )
+            _, late = await asyncio.wait(tasks, timeout=self.settings.worker_stop_grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.emitter.idle(), self.settings.worker_stop_grace_s)
+        except TimeoutError:
+            log.error(
+                "%d event(s) could not be written before stopping; their jobs stay "
+                "pending and will be claimed and resumed",
+                self.emitter.queued,
+            )
+
+    async def _hand_back(self, running: _Running) -> None:
+        """Give a cancelled job back so another worker claims it now, not after the timeout."""
+        running.handed_back = True
+        idle_ms = int(self.settings.job_visibility_s * 1000) + 1
+        try:
+            if running.writer is not None:
+                with suppress(EmitError):
+                    await asyncio.wait_for(
+                        running.writer.flushed(), self.settings.worker_stop_grace_s
+                    )
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(self.keys.meta(running.job), "attempts", -1)
+            pipe.xclaim(
+                self.keys.jobs,
+                WORKERS_GROUP,
+                self.consumer,
+                0,
+                [running.entry_id],
+                idle=idle_ms,
+                justid=True,
+            )
+            await pipe.execute()
+            log.info("handed job %s back", running.job)
+        except Exception as e:
+            log.warning(
+                "could not hand job %s back (it will be claimed after %.0fs): %s",
+                running.job,
+                self.settings.job_visibility_s,
+                e,
+            )
+
+
+async def run_worker(settings: Settings, handlers: dict[str, Handler], concurrency: int) -> None:
+    """Entry point: run a worker until SIGTERM or SIGINT."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(settings, handlers, concurrency=concurrency)
+    await worker.run(stop)
