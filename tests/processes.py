@@ -1,0 +1,70 @@
+"""Helpers that run the service's real processes for tests: in-process or as children."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from service.config import Settings
+from service.gateway.server import uvicorn_config
+from service.handlers import BUILTIN_HANDLERS, Handler
+from service.worker import Worker
+from tests.conftest import PYTHON, ROOT, service_env, wait_for
+from tests.redis_servers import free_port
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, *, concurrency: int = 4, handlers: dict[str, Handler] | None = None
+) -> AsyncIterator[Worker]:
+    worker = Worker(settings, dict(handlers or BUILTIN_HANDLERS), concurrency=concurrency)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[str]:
+    """A real uvicorn server on a free port, in this event loop; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(settings, "127.0.0.1", port))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
+        if task.done():
+            await task
+            raise RuntimeError("the gateway did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+@contextlib.contextmanager
+def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m service <args>` as a child; stopped by PID at the end."""
+    process = subprocess.Popen(
+        [PYTHON, "-m", "service", *args], env=service_env(url, **env), cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()

@@ -1,0 +1,87 @@
+"""Migrations: ordered, exactly once, one migrator at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from service.keys import WORKERS_GROUP, Keys
+from service.migrate import MigrationError, expected_layout, migrate, require_layout, status
+from tests.redis_servers import RedisServer
+
+KEYS = Keys()
+
+COUNTING = '''"""Count how often this migration ran (it is not idempotent on purpose)."""
+import asyncio
+
+async def up(client, keys):
+    await asyncio.sleep(0.2)  # long enough for a second migrator to try at the same time
+    await client.incr("applied:{version}")
+'''
+
+
+def write_migrations(directory: Path, versions: list[int]) -> Path:
+    directory.mkdir(exist_ok=True)
+    for version in versions:
+        (directory / f"{version:04d}_step_{version}.py").write_text(COUNTING.format(version=version))
+    return directory
+
+
+async def test_two_migrators_at_once_apply_each_migration_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    directory = write_migrations(tmp_path / "m", [1, 2, 3])
+    clients = [redis_server.client(), redis_server.client()]
+    lines: list[str] = []
+    results = await asyncio.gather(
+        *(migrate(c, KEYS, directory=directory, report=lines.append) for c in clients)
+    )
+    assert sorted(results, key=len) == [[], [1, 2, 3]]
+    for version in (1, 2, 3):
+        assert await clients[0].get(f"applied:{version}") == b"1"
+    assert await clients[0].get(KEYS.layout) == b"3"
+    assert await clients[0].exists(KEYS.migrations_lock) == 0
+
+    # A later run is a no-op; a new migration file is applied on its own.
+    assert await migrate(clients[0], KEYS, directory=directory, report=lines.append) == []
+    write_migrations(directory, [4])
+    assert await migrate(clients[0], KEYS, directory=directory, report=lines.append) == [4]
+    assert await clients[0].get("applied:1") == b"1"
+    assert await clients[0].get(KEYS.layout) == b"4"
+    for client in clients:
+        await client.aclose()
+
+
+async def test_dry_run_and_status_change_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
+    directory = write_migrations(tmp_path / "m", [1, 2])
+    client = redis_server.client()
+    lines: list[str] = []
+    assert await migrate(client, KEYS, directory=directory, dry_run=True, report=lines.append) == [1, 2]
+    assert lines == [
+        "would apply 0001 step_1: Count how often this migration ran (it is not idempotent on purpose).",
+        "would apply 0002 step_2: Count how often this migration ran (it is not idempotent on purpose).",
+    ]
+    assert await client.keys("*") == []
+    assert [(m.version, applied) for m, applied in await status(client, KEYS, directory=directory)] == [
+        (1, False), (2, False),
+    ]
+    await client.aclose()
+
+
+async def test_code_refuses_an_older_layout(rclient: redis.Redis, tmp_path: Path) -> None:
+    directory = write_migrations(tmp_path / "m", [1, 2])
+    with pytest.raises(MigrationError, match="layout is at version 0 but this code needs 2"):
+        await require_layout(rclient, KEYS, directory)
+    await migrate(rclient, KEYS, directory=directory, report=lambda _: None)
+    await require_layout(rclient, KEYS, directory)
+
+
+async def test_shipped_migrations_create_the_consumer_group(rclient: redis.Redis) -> None:
+    applied = await migrate(rclient, KEYS, report=lambda _: None)
+    assert applied == list(range(1, expected_layout() + 1))
+    groups = await rclient.xinfo_groups(KEYS.jobs)
+    assert [g["name"] for g in groups] == [WORKERS_GROUP.encode()]
+    await require_layout(rclient, KEYS)
