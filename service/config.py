@@ -102,6 +102,7 @@ class Settings:
     job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", _int)
     max_events_per_job: int = _env("MAX_EVENTS_PER_JOB", _int)
     maintenance_interval_s: float = _env("MAINTENANCE_INTERVAL_S", _float)
+    maintenance_lease_s: float = _env("MAINTENANCE_LEASE_S", _float)
     worker_stop_grace_s: float = _env("WORKER_STOP_GRACE_S", _float)
 
     @classmethod
@@ -148,6 +149,7 @@ class Settings:
             "redis_max_connections",
             "probe_after_s",
             "probe_timeout_s",
+            "maintenance_lease_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -214,5 +216,6 @@ DEFAULTS: dict[str, Any] = {
     "job_max_attempts": 3,
     "max_events_per_job": 1_000_000,
     "maintenance_interval_s": 60.0,
+    "maintenance_lease_s": 15.0,
     "worker_stop_grace_s": 10.0,
 }

@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 class Lease:
     """A named lease in Redis that one holder at a time renews."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float, holder: str) -> None:
         self._client = client
         self._key = key
         self._ttl_ms = int(ttl_s * 1000)
-        self.token = secrets.token_hex(16)
+        # Readable, so an operator can see who holds it; random, so no two holders collide.
+        self.token = f"{holder}/{secrets.token_hex(8)}"
         self.held = False
 
     async def acquire_or_renew(self) -> bool:
@@ -89,12 +90,13 @@ async def run_maintenance(
     client: redis.Redis,
     keys: Keys,
     *,
+    holder: str,
     lease_ttl_s: float,
     interval_s: float,
     extra: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Hold the maintenance lease when possible and do the work while holding it; never returns."""
-    lease = Lease(client, keys.maintenance_lease, lease_ttl_s)
+    lease = Lease(client, keys.maintenance_lease, lease_ttl_s, holder)
     renew_every_s = lease_ttl_s / 3
     next_work = 0.0
     loop = asyncio.get_running_loop()

@@ -35,8 +35,6 @@ from service.scripts import START_JOB
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_LEASE_S = 15.0
-
 
 @dataclass
 class _Running:
@@ -55,7 +53,6 @@ class Worker:
     consumer: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     )
-    maintenance_lease_s: float = MAINTENANCE_LEASE_S
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.settings.key_prefix)
@@ -89,7 +86,8 @@ class Worker:
                 run_maintenance(
                     self.client,
                     self.keys,
-                    lease_ttl_s=self.maintenance_lease_s,
+                    holder=self.consumer,
+                    lease_ttl_s=self.settings.maintenance_lease_s,
                     interval_s=self.settings.maintenance_interval_s,
                 ),
                 name="maintenance",

@@ -31,7 +31,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis that keeps every write across SIGKILL (append-only file, fsync always)."""
-    server = RedisServer(tmp_path / "redis", args=("--appendonly", "yes", "--appendfsync", "always"))
+    server = RedisServer(
+        tmp_path / "redis", args=("--appendonly", "yes", "--appendfsync", "always")
+    )
     server.start()
     try:
         yield server
@@ -82,7 +84,15 @@ def service_env(url: str, **extra: str) -> dict[str, str]:
 PYTHON = sys.executable
 
 
-async def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "") -> Any:
+async def entries(client: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """A whole stream, typed the way RESP2 answers it."""
+    reply: Any = await client.xrange(key)
+    return [(entry_id, fields) for entry_id, fields in reply]
+
+
+async def wait_for(
+    predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = ""
+) -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy, or fail."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -53,8 +53,11 @@ async def running_gateway(settings: Settings) -> AsyncIterator[str]:
 def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m service <args>` as a child; stopped by PID at the end."""
     process = subprocess.Popen(
-        [PYTHON, "-m", "service", *args], env=service_env(url, **env), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [PYTHON, "-m", "service", *args],
+        env=service_env(url, **env),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         yield process

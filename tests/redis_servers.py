@@ -49,15 +49,33 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (bash .ci/run installs it)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--logfile", "redis.log", *self.args],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--logfile",
+                "redis.log",
+                *self.args,
+            ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers_ping(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.data_dir / "redis.log").read_text() if (self.data_dir / "redis.log").exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log[-2000:]}")
+                log = (
+                    (self.data_dir / "redis.log").read_text()
+                    if (self.data_dir / "redis.log").exists()
+                    else ""
+                )
+                raise RuntimeError(
+                    f"redis-server on port {self.port} did not start:\n{log[-2000:]}"
+                )
             time.sleep(0.02)
 
     def stop(self) -> None:

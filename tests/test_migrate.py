@@ -26,7 +26,9 @@ async def up(client, keys):
 def write_migrations(directory: Path, versions: list[int]) -> Path:
     directory.mkdir(exist_ok=True)
     for version in versions:
-        (directory / f"{version:04d}_step_{version}.py").write_text(COUNTING.format(version=version))
+        (directory / f"{version:04d}_step_{version}.py").write_text(
+            COUNTING.format(version=version)
+        )
     return directory
 
 
@@ -59,14 +61,21 @@ async def test_dry_run_and_status_change_nothing(redis_server: RedisServer, tmp_
     directory = write_migrations(tmp_path / "m", [1, 2])
     client = redis_server.client()
     lines: list[str] = []
-    assert await migrate(client, KEYS, directory=directory, dry_run=True, report=lines.append) == [1, 2]
+    assert await migrate(client, KEYS, directory=directory, dry_run=True, report=lines.append) == [
+        1,
+        2,
+    ]
+    description = "Count how often this migration ran (it is not idempotent on purpose)."
     assert lines == [
-        "would apply 0001 step_1: Count how often this migration ran (it is not idempotent on purpose).",
-        "would apply 0002 step_2: Count how often this migration ran (it is not idempotent on purpose).",
+        f"would apply 0001 step_1: {description}",
+        f"would apply 0002 step_2: {description}",
     ]
     assert await client.keys("*") == []
-    assert [(m.version, applied) for m, applied in await status(client, KEYS, directory=directory)] == [
-        (1, False), (2, False),
+    assert [
+        (m.version, applied) for m, applied in await status(client, KEYS, directory=directory)
+    ] == [
+        (1, False),
+        (2, False),
     ]
     await client.aclose()
 

@@ -16,7 +16,7 @@ from service.model import EventKind
 from service.publisher import Emitter, JobFinished, JobLost
 from service.redis_client import RedisFactory
 from service.scripts import CREATE_JOB, EMIT
-from tests.conftest import make_settings, wait_for
+from tests.conftest import entries, make_settings, wait_for
 from tests.redis_servers import RedisServer
 
 KEYS = Keys()
@@ -69,7 +69,7 @@ async def create_job(client: redis.Redis, job: str) -> None:
 
 
 async def stream_frames(client: redis.Redis, job: str) -> list[bytes]:
-    return [fields[b"f"] for _, fields in await client.xrange(KEYS.events(job))]
+    return [fields[b"f"] for _, fields in await entries(client, KEYS.events(job))]
 
 
 async def test_every_event_is_stored_and_published_in_order(
@@ -77,7 +77,10 @@ async def test_every_event_is_stored_and_published_in_order(
 ) -> None:
     await create_job(rclient, "job-a")
     await create_job(rclient, "job-b")
-    async with Notifications(redis_server.client()) as seen, emitter_for(redis_server.url) as emitter:
+    async with (
+        Notifications(redis_server.client()) as seen,
+        emitter_for(redis_server.url) as emitter,
+    ):
         writers = [emitter.writer("job-a", 0), emitter.writer("job-b", 0)]
         for i in range(1, 301):
             for writer in writers:
@@ -95,8 +98,13 @@ async def test_every_event_is_stored_and_published_in_order(
         events = [orjson.loads(f) for f in stored]
         assert [e["data"]["i"] for e in events[:-1]] == list(range(1, 301))
         assert events[-1] | {"ts": 0} == {
-            "seq": 301, "job": job, "id": "301-0", "type": "event", "event": "done",
-            "ts": 0, "data": {"count": 300},
+            "seq": 301,
+            "job": job,
+            "id": "301-0",
+            "type": "event",
+            "event": "done",
+            "ts": 0,
+            "data": {"count": 300},
         }
         assert [e["id"] for e in events] == [f"{n}-0" for n in range(1, 302)]
         meta = await rclient.hgetall(KEYS.meta(job))
@@ -118,7 +126,10 @@ async def test_a_resent_event_is_neither_stored_nor_published_twice(
         await wait_for(lambda: seen.frames, what="a notification")
         await rclient.publish(KEYS.channel("marker"), b"end")
         await wait_for(lambda: seen.frames[-1] == b"end", what="the marker")
-    assert seen.frames == [b'{"seq":1,"job":"j","id":"1-0","type":"event","event":"data","ts":5,"data":{"i":1}}', b"end"]
+    assert seen.frames == [
+        b'{"seq":1,"job":"j","id":"1-0","type":"event","event":"data","ts":5,"data":{"i":1}}',
+        b"end",
+    ]
     assert await rclient.xlen(KEYS.events("j")) == 1
 
 
@@ -126,7 +137,10 @@ async def test_script_cache_flushed_between_calls(
     redis_server: RedisServer, rclient: redis.Redis
 ) -> None:
     await create_job(rclient, "j")
-    async with Notifications(redis_server.client()) as seen, emitter_for(redis_server.url) as emitter:
+    async with (
+        Notifications(redis_server.client()) as seen,
+        emitter_for(redis_server.url) as emitter,
+    ):
         writer = emitter.writer("j", 0)
         for i in range(1, 51):
             await writer.emit(EventKind.DATA, {"i": i})

@@ -15,7 +15,7 @@ from service.handlers import BUILTIN_HANDLERS, Job, load_handlers
 from service.keys import WORKERS_GROUP, Keys
 from service.redis_client import RedisFactory
 from service.streams import JobStore
-from tests.conftest import make_settings, wait_for
+from tests.conftest import entries, make_settings, wait_for
 from tests.processes import running_worker, service_process
 from tests.redis_servers import RedisServer
 
@@ -33,7 +33,7 @@ async def submit(settings: Settings, kind: str, payload: dict[str, Any]) -> str:
 
 
 async def events(client: redis.Redis, job: str) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"f"]) for _, f in await client.xrange(KEYS.events(job))]
+    return [orjson.loads(f[b"f"]) for _, f in await entries(client, KEYS.events(job))]
 
 
 async def finished(client: redis.Redis, job: str) -> bool:
@@ -84,7 +84,8 @@ async def test_user_handlers_and_handler_errors(settings: Settings, migrated: re
         for job in (shout, crash):
             await wait_for(lambda job=job: finished(migrated, job), what=f"job {job}")
     assert [(e["event"], e["data"]) for e in await events(migrated, shout)] == [
-        ("data", {"text": "HI"}), ("done", {"ok": True}),
+        ("data", {"text": "HI"}),
+        ("done", {"ok": True}),
     ]
     # The client learns the job failed, not the handler's internals.
     assert [(e["event"], e["data"]) for e in await events(migrated, crash)] == [
@@ -94,7 +95,8 @@ async def test_user_handlers_and_handler_errors(settings: Settings, migrated: re
 
 
 @pytest.mark.parametrize(
-    "spec", ["nocolon", "tests.handlers_for_tests:MISSING", "no.such.module:X", "tests.conftest:ROOT"]
+    "spec",
+    ["nocolon", "tests.handlers_for_tests:MISSING", "no.such.module:X", "tests.conftest:ROOT"],
 )
 def test_bad_handler_specs_are_refused_clearly(spec: str) -> None:
     with pytest.raises(ValueError, match="--handlers"):

@@ -47,14 +47,17 @@ async def test_submit_then_read_back(
     assert queued.json() == {"job": job, "status": "queued", "events": []}
 
     async with running_worker(settings):
+
         async def done() -> Any:
             reply = (await http.get(f"/jobs/{job}", params={"token": token})).json()
             return reply if reply["status"] == "done" else None
 
         final = await wait_for(done, what="the job to finish")
     assert [(e["seq"], e["event"], e["data"]) for e in final["events"]] == [
-        (1, "data", {"i": 1, "pad": ""}), (2, "data", {"i": 2, "pad": ""}),
-        (3, "data", {"i": 3, "pad": ""}), (4, "done", {"count": 3}),
+        (1, "data", {"i": 1, "pad": ""}),
+        (2, "data", {"i": 2, "pad": ""}),
+        (3, "data", {"i": 3, "pad": ""}),
+        (4, "done", {"count": 3}),
     ]
     for event in final["events"]:
         assert set(event) == {"type", "job", "id", "seq", "event", "data", "ts"}
@@ -79,7 +82,9 @@ async def test_submit_then_read_back(
         (b"\xff\xfe", 400, "bad_request"),
     ],
 )
-async def test_bad_submissions(http: httpx.AsyncClient, body: bytes, status: int, code: str) -> None:
+async def test_bad_submissions(
+    http: httpx.AsyncClient, body: bytes, status: int, code: str
+) -> None:
     response = await http.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert_error(response, status, code)
 

@@ -1,0 +1,88 @@
+"""Settings: defaults from the contract, clear errors, no secrets in repr."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from service.config import ConfigError, Settings
+from tests.conftest import PYTHON, ROOT
+
+
+def test_contract_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.delivery_mode == "pubsub"
+    assert s.api_keys == ()
+    assert s.idle_timeout_s == 300
+    assert s.result_ttl_s == 86400
+    assert s.max_frame_bytes == 1024 * 1024
+    assert s.max_watches_per_socket == 100
+    assert s.max_bad_frames_per_min == 60
+    assert s.max_send_queue_bytes == 4 * 1024 * 1024
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "DELIVERY_MODE": "XREAD",
+            "API_KEYS": "a, b,,c",
+            "IDLE_TIMEOUT_S": "2.5",
+            "RESULT_TTL_S": "60",
+            "REDIS_URL": "rediss://user:pw@host:6380/1",
+        }
+    )
+    assert (s.delivery_mode, s.api_keys, s.idle_timeout_s, s.result_ttl_s) == (
+        "xread",
+        ("a", "b", "c"),
+        2.5,
+        60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RESULT_TTL_S": "a day"}, "RESULT_TTL_S: expected an integer, got 'a day'"),
+        ({"IDLE_TIMEOUT_S": "-1"}, "IDLE_TIMEOUT_S: expected a positive number, got -1.0"),
+        ({"DELIVERY_MODE": "poll"}, "DELIVERY_MODE: expected one of pubsub, xread, got 'poll'"),
+        ({"REDIS_URL": "http://x:secretpw@h"}, "REDIS_URL: expected a URL starting with"),
+        ({"KEY_PREFIX": "a{b}"}, "KEY_PREFIX: expected a plain name"),
+    ],
+)
+def test_malformed_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(
+        ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ) as error:
+        Settings.from_env(env)
+    assert "secretpw" not in str(error.value)
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = Settings.from_env(
+        {"SECRET_KEY": "s3cret", "API_KEYS": "k3y", "REDIS_URL": "redis://:pw0rd@h"}
+    )
+    shown = repr(s)
+    assert "s3cret" not in shown and "k3y" not in shown and "pw0rd" not in shown
+
+
+def test_gateway_needs_a_secret_key() -> None:
+    with pytest.raises(ConfigError, match="SECRET_KEY: required"):
+        Settings.from_env({}).require_secret_key()
+
+
+def test_cli_reports_configuration_errors() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "service", "worker"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"RESULT_TTL_S": "x", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "configuration error: RESULT_TTL_S: expected an integer, got 'x'"
+    )
