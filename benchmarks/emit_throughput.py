@@ -12,6 +12,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -39,8 +40,8 @@ async def one_run(settings: Settings, n: int, size: int) -> dict[str, float]:
     while (await client.hget(keys.meta(job), "status")) != b"done":  # noqa: ASYNC110 - polls Redis
         await asyncio.sleep(0.01)
     wall_s = time.perf_counter() - started
-    first = await client.xrange(keys.events(job), count=1)
-    last = await client.xrevrange(keys.events(job), count=1)
+    first: Any = await client.xrange(keys.events(job), count=1)
+    last: Any = await client.xrevrange(keys.events(job), count=1)
     first_ts = orjson.loads(first[0][1][b"f"])["ts"]
     last_ts = orjson.loads(last[0][1][b"f"])["ts"]
     emit_s = max(last_ts - first_ts, 1) / 1000
