@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,14 @@ import redis.asyncio as redis
 
 from service.keys import WORKERS_GROUP, Keys
 from service.migrate import MigrationError, expected_layout, migrate, require_layout, status
+from tests.conftest import PYTHON, ROOT, service_env
 from tests.redis_servers import RedisServer
 
 KEYS = Keys()
 
 COUNTING = '''"""Count how often this migration ran (it is not idempotent on purpose)."""
 import asyncio
+import subprocess
 
 async def up(client, keys):
     await asyncio.sleep(0.2)  # long enough for a second migrator to try at the same time
@@ -94,3 +97,21 @@ async def test_shipped_migrations_create_the_consumer_group(rclient: redis.Redis
     groups = await rclient.xinfo_groups(KEYS.jobs)
     assert [g["name"] for g in groups] == [WORKERS_GROUP.encode()]
     await require_layout(rclient, KEYS)
+
+
+@pytest.mark.parametrize("command", ["worker", "gateway"])
+def test_processes_refuse_to_start_on_an_old_layout(
+    redis_server: RedisServer, command: str
+) -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "service", command],
+        cwd=ROOT,
+        env=service_env(redis_server.url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert "run `python -m service migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr
