@@ -108,25 +108,38 @@ class RedisFactory:
         )
         return options
 
-    def commands(self, max_connections: int | None = None) -> redis.Redis:
+    def commands(self, max_connections: int | None = None, health_check_s: int = 30) -> redis.Redis:
         """The pooled client for ordinary commands; waits briefly for a free connection."""
         size = max_connections or pool_size(self.role, self.settings, self.concurrency)
         pool = redis.BlockingConnectionPool(
             max_connections=size,
             timeout=self.settings.redis_socket_timeout_s,
             **self._pool_kwargs(
-                socket_timeout=self.settings.redis_socket_timeout_s, health_check_s=30
+                socket_timeout=self.settings.redis_socket_timeout_s,
+                health_check_s=health_check_s,
             ),
         )
         return redis.Redis.from_pool(pool)
 
-    def blocking(self, block_ms: int, max_connections: int = 1) -> redis.Redis:
-        """A client for blocking reads: its socket timeout outlasts the block."""
-        pool = redis.BlockingConnectionPool(
-            max_connections=max_connections,
-            timeout=self.settings.redis_socket_timeout_s,
-            **self._pool_kwargs(socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0),
+    def blocking(
+        self, block_ms: int, max_connections: int = 1, *, wait: bool = True
+    ) -> redis.Redis:
+        """A client for blocking reads: its socket timeout outlasts the block.
+
+        With `wait=False` a full pool refuses at once (a `capacity` error) instead of queueing.
+        """
+        kwargs = self._pool_kwargs(
+            socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0
         )
+        pool: redis.ConnectionPool
+        if wait:
+            pool = redis.BlockingConnectionPool(
+                max_connections=max_connections,
+                timeout=self.settings.redis_socket_timeout_s,
+                **kwargs,
+            )
+        else:
+            pool = redis.ConnectionPool(max_connections=max_connections, **kwargs)
         return redis.Redis.from_pool(pool)
 
     def subscriber(self) -> redis.Redis:
@@ -151,7 +164,9 @@ def map_redis_error(error: BaseException) -> ServiceError | None:
             return RedisUnavailable(UNAVAILABLE_MESSAGE)
         return None
     if isinstance(error, RedisConnectionError):
-        if "no connection available" in str(error).lower():
+        if any(
+            s in str(error).lower() for s in ("no connection available", "too many connections")
+        ):
             # Our own pool is exhausted: we are at capacity, Redis itself is fine.
             return RedisAtCapacity(CAPACITY_MESSAGE)
         return RedisUnavailable(UNAVAILABLE_MESSAGE)

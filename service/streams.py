@@ -91,3 +91,38 @@ class JobStore:
         with redis_errors("read kinds"):
             names = await retrying(lambda: self._client.hkeys(self._keys.kinds))
         return {name.decode() if isinstance(name, bytes) else name for name in names}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One job's stored events after a position, with where the job stands."""
+
+    job: str
+    exists: bool
+    last_seq: int
+    frames: list[bytes]
+
+
+class EventReader:
+    """Reads pages of events for many jobs in one pipelined round trip (catch-up)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+
+    async def pages(self, positions: list[tuple[str, int]], count: int) -> list[Page]:
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for job, after_seq in positions:
+                pipe.hget(self._keys.meta(job), "seq")
+                pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=count)
+            return list(await pipe.execute())
+
+        with redis_errors("catch-up read"):
+            replies = await retrying(read, attempts=2)
+        pages = []
+        for index, (job, _) in enumerate(positions):
+            seq, entries = replies[2 * index], replies[2 * index + 1]
+            frames = [fields[b"f"] for _, fields in entries]
+            pages.append(Page(job, seq is not None, int(seq or 0), frames))
+        return pages

@@ -8,10 +8,8 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
-import uvicorn
-
 from service.config import Settings
-from service.gateway.server import uvicorn_config
+from service.gateway.server import gateway_server
 from service.handlers import BUILTIN_HANDLERS, Handler
 from service.worker import Worker
 from tests.conftest import PYTHON, ROOT, service_env, wait_for
@@ -36,7 +34,7 @@ async def running_worker(
 async def running_gateway(settings: Settings) -> AsyncIterator[str]:
     """A real uvicorn server on a free port, in this event loop; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(settings, "127.0.0.1", port))
+    server = gateway_server(settings, "127.0.0.1", port)
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started or task.done(), what="uvicorn to start")

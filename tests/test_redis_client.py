@@ -24,7 +24,9 @@ async def test_every_command_is_counted_by_name(redis_server: RedisServer) -> No
     await client.set("a", 1)
     await client.get("a")
     pipe = client.pipeline(transaction=False)
-    pipe.get("a").get("b").xlen("s")
+    pipe.get("a")
+    pipe.get("b")
+    pipe.xlen("s")
     await pipe.execute()
     await client.aclose()
     counts = factory.counter.counts

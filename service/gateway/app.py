@@ -10,16 +10,20 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from service.config import Settings
+from service.delivery import Delivery, create_delivery
 from service.gateway.errors import HTTPFailure, error_response, service_error_response
 from service.gateway.health import Health
 from service.gateway.jobs import Intake
+from service.gateway.session import Sessions
+from service.gateway.ws import WebSocketEndpoint
 from service.keys import Keys
 from service.migrate import require_layout
 from service.model import ErrorCode, ServiceError
 from service.redis_client import RedisFactory
+from service.stats import GatewayStats
 from service.streams import JobStore
 
 log = logging.getLogger(__name__)
@@ -33,24 +37,37 @@ class Gateway:
     factory: RedisFactory
     intake: Intake
     health: Health
+    delivery: Delivery
+    sessions: Sessions
+    stats: GatewayStats
 
 
 def create_app(settings: Settings) -> Starlette:
     settings.require_secret_key()
     keys = Keys(settings.key_prefix)
     state: dict[str, Gateway] = {}
+    sessions = Sessions()
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         factory = RedisFactory(settings, "gateway")
-        client = factory.commands()
+        # No pool health checks: an idle gateway must send no command at all.
+        client = factory.commands(health_check_s=0)
+        stats = GatewayStats()
+        delivery = create_delivery(settings, factory, client, stats)
         try:
             await require_layout(client, keys)
             store = JobStore(client, keys, result_ttl_s=settings.result_ttl_s)
-            state["gateway"] = Gateway(settings, factory, Intake(settings, store), Health(client))
+            health = Health(client)
+            health.extra_checks.append((f"{delivery.mode} delivery", delivery.ready))
+            intake = Intake(settings, store)
+            state["gateway"] = Gateway(settings, factory, intake, health, delivery, sessions, stats)
+            await delivery.start()
             log.info("gateway ready (delivery mode %s)", settings.delivery_mode)
             yield
         finally:
+            await sessions.close_all(1001, settings.shutdown_grace_s)
+            await delivery.stop()
             state.clear()
             await client.aclose()
 
@@ -89,8 +106,9 @@ def create_app(settings: Settings) -> Starlette:
 
     from starlette.exceptions import HTTPException
 
-    return Starlette(
+    app = Starlette(
         routes=[
+            WebSocketRoute("/ws", WebSocketEndpoint(gateway)),
             Route("/jobs", post_job, methods=["POST"]),
             Route("/jobs/{job}", get_job, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -104,3 +122,5 @@ def create_app(settings: Settings) -> Starlette:
             Exception: on_unexpected,
         },
     )
+    app.state.sessions = sessions
+    return app

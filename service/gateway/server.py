@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 
 import uvicorn
+from starlette.applications import Starlette
 
 from service.config import Settings
 from service.gateway.app import create_app
+from service.gateway.session import Sessions
 from service.keys import Keys
 from service.migrate import require_layout
 from service.redis_client import RedisFactory, redis_errors
 
 
-def uvicorn_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, host: str, port: int, app: Starlette | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings),
+        app or create_app(settings),
         host=host,
         port=port,
         log_config=None,  # our handlers, with secret redaction
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
+        # Compression would cost a zlib context per socket (memory) for little gain on
+        # small JSON frames; idle sockets must stay cheap.
+        ws_per_message_deflate=False,
         ws_ping_interval=None,  # idle sockets must cost nothing; the session has its own timeout
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
@@ -40,9 +48,36 @@ async def _preflight(settings: Settings) -> None:
         await client.aclose()
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn, but WebSockets are closed with 1001 before uvicorn's own shutdown.
+
+    Left alone, uvicorn closes open WebSockets with 1012 and then waits for handlers; ours
+    send 1001 (going away) through each session's writer, bounded by SHUTDOWN_GRACE_S.
+    """
+
+    def __init__(self, config: uvicorn.Config, sessions: Sessions, grace_s: float) -> None:
+        super().__init__(config)
+        self._sessions = sessions
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while the old ones are told to go
+        await self._sessions.close_all(1001, self._grace_s)
+        await super().shutdown(sockets)
+
+
+def gateway_server(settings: Settings, host: str, port: int) -> GatewayServer:
+    app = create_app(settings)
+    sessions: Sessions = app.state.sessions
+    return GatewayServer(
+        uvicorn_config(settings, host, port, app), sessions, settings.shutdown_grace_s
+    )
+
+
 def serve(settings: Settings, *, host: str, port: int) -> int:
     settings.require_secret_key()
     asyncio.run(_preflight(settings))
-    server = uvicorn.Server(uvicorn_config(settings, host, port))
+    server = gateway_server(settings, host, port)
     server.run()
     return 0 if server.started else 1

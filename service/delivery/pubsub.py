@@ -1,0 +1,191 @@
+"""`DELIVERY_MODE=pubsub`: one multiplexed pattern subscription per gateway process.
+
+One connection, subscribed to every job's channel with `PSUBSCRIBE`, read by one task that
+hands each frame to the hub and never waits on a client. Frames for jobs nobody here watches
+cost one dict lookup.
+
+Pub/Sub is fire-and-forget: whatever is published while the subscriber is not subscribed is
+lost to it. So every (re)subscription is an event: each job with local watchers catches up
+from its stream. redis-py may reconnect and re-subscribe on its own without raising; a
+subscribe confirmation after the first one is therefore treated as a reconnect too. A
+connection can also look alive and deliver nothing (a half-open TCP connection, a proxy that
+dropped it): after `PROBE_AFTER_S` without any message the gateway publishes to a probe channel
+of its own and reconnects if the probe does not come back within `PROBE_TIMEOUT_S`. That probe
+is the only Redis command an idle gateway sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+import redis.asyncio as redis
+
+from service.config import Settings
+from service.delivery.base import Watcher
+from service.delivery.hub import Hub
+from service.keys import Keys
+from service.redis_client import RedisFactory, backoff_s
+from service.stats import GatewayStats
+from service.streams import EventReader
+
+log = logging.getLogger(__name__)
+
+PMESSAGE = b"pmessage"
+PSUBSCRIBE = b"psubscribe"
+
+
+class PatternSubscriber:
+    """The one subscriber connection, supervised: it reconnects with capped backoff forever."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: RedisFactory,
+        commands: redis.Redis,
+        hub: Hub,
+        stats: GatewayStats,
+    ) -> None:
+        self._settings = settings
+        self._keys = Keys(settings.key_prefix)
+        self._client = factory.subscriber()
+        self._commands = commands
+        self._hub = hub
+        self._stats = stats
+        self.gateway_id = secrets.token_hex(4)
+        self._probe_channel = self._keys.probe_channel(self.gateway_id).encode()
+        self.connected = False
+        self._subscribed_once = False
+        self._last_message = 0.0
+        self._probe_sent_at: float | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._connected_this_round = False
+
+    async def supervise(self) -> None:
+        failures = 0
+        while True:
+            self._connected_this_round = False
+            self._listener = asyncio.create_task(self._listen(), name="subscriber")
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being stopped, not just the listener
+                log.warning("subscriber restarted: it received nothing, not even its probe")
+            except Exception as e:
+                log.warning("subscriber connection lost: %s: %s", type(e).__name__, e)
+            self.connected = False
+            failures = 1 if self._connected_this_round else failures + 1
+            await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+
+    async def _listen(self) -> None:
+        pubsub = self._client.pubsub()
+        loop = asyncio.get_running_loop()
+        keys, hub, probe = self._keys, self._hub, self._probe_channel
+        try:
+            await pubsub.psubscribe(keys.channel_pattern)
+            while True:
+                reply: Any = await pubsub.parse_response(block=True)
+                self._last_message = loop.time()
+                kind = reply[0]
+                if kind == PMESSAGE:
+                    channel = reply[2]
+                    if channel == probe:
+                        self._probe_sent_at = None
+                    else:
+                        hub.publish(keys.job_of_channel(channel), reply[3])
+                elif kind == PSUBSCRIBE:
+                    self._on_subscribed()
+        finally:
+            self.connected = False
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_subscribed(self) -> None:
+        """Anything published before this moment may have been missed: catch up every job."""
+        self.connected = self._connected_this_round = True
+        self._probe_sent_at = None
+        if self._subscribed_once:
+            self._stats.subscriber_reconnects += 1
+            log.info(
+                "subscriber re-subscribed; catching up %d watched job(s)", len(self._hub.feeds)
+            )
+        else:
+            log.info("subscriber connected")
+        self._hub.catch_up_all("reconnect" if self._subscribed_once else "subscribe")
+        self._subscribed_once = True
+
+    async def watchdog(self) -> None:
+        """Probe a quiet subscriber; restart one that does not hear its own probe."""
+        loop = asyncio.get_running_loop()
+        interval = min(self._settings.probe_after_s, self._settings.probe_timeout_s) / 2
+        while True:
+            await asyncio.sleep(interval)
+            if not self.connected:
+                continue
+            now = loop.time()
+            if self._probe_sent_at is not None:
+                if now - self._probe_sent_at > self._settings.probe_timeout_s:
+                    self._probe_sent_at = None
+                    if self._listener is not None:
+                        self._listener.cancel()
+            elif now - self._last_message > self._settings.probe_after_s:
+                self._probe_sent_at = now
+                self._stats.probes_sent += 1
+                try:
+                    await self._commands.publish(self._probe_channel, b"probe")
+                except Exception as e:
+                    log.warning("could not publish the subscriber probe: %s", e)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class PubSubDelivery:
+    mode = "pubsub"
+
+    def __init__(
+        self, settings: Settings, factory: RedisFactory, commands: redis.Redis, stats: GatewayStats
+    ) -> None:
+        keys = Keys(settings.key_prefix)
+        self.hub = Hub(
+            EventReader(commands, keys),
+            stats,
+            page_size=settings.catch_up_page_size,
+            high_water_bytes=settings.max_send_queue_bytes // 2,
+        )
+        self.subscriber = PatternSubscriber(settings, factory, commands, self.hub, stats)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.hub.run(), name="catch-up"),
+            asyncio.create_task(self.subscriber.supervise(), name="subscriber-supervisor"),
+            asyncio.create_task(self.subscriber.watchdog(), name="subscriber-watchdog"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.subscriber.close()
+
+    def ready(self) -> bool:
+        return self.subscriber.connected
+
+    def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
+        self.hub.watch(job, watcher, after_seq)
+
+    def unwatch(self, job: str, watcher: Watcher) -> None:
+        self.hub.unwatch(job, watcher)
+
+    def drained(self, watcher: Watcher) -> None:
+        self.hub.drained(watcher)
+
+    @property
+    def watch_count(self) -> int:
+        return self.hub.watch_count

@@ -1,0 +1,94 @@
+"""Client frames of the WebSocket protocol: parsed and checked, or refused with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from service.model import JOB_ID_RE, seq_of_stream_id
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOp:
+    job: str
+    token: str
+    after_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnwatchOp:
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingOp:
+    pass
+
+
+ClientOp = WatchOp | UnwatchOp | PingOp
+OPS = ("watch", "unwatch", "ping")
+
+
+class BadFrame(ValueError):
+    """A client frame that breaks the protocol; `job` is set when the frame named a valid one."""
+
+    def __init__(self, message: str, job: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job = job
+
+
+def _type(value: object) -> str:
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _job(frame: dict[str, object]) -> str:
+    job = frame.get("job")
+    if not isinstance(job, str):
+        raise BadFrame(f"field 'job' must be a string, got {_type(job)}")
+    if JOB_ID_RE.fullmatch(job) is None:
+        raise BadFrame("field 'job' must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return job
+
+
+def parse(text: str) -> ClientOp:
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise BadFrame(f"frame is not valid JSON: {e}") from e
+    if not isinstance(frame, dict):
+        raise BadFrame(f"frame must be a JSON object, got {_type(frame)}")
+    op = frame.get("op")
+    if op == "ping":
+        return PingOp()
+    if op == "unwatch":
+        return UnwatchOp(_job(frame))
+    if op == "watch":
+        job = _job(frame)
+        token = frame.get("token")
+        if not isinstance(token, str):
+            raise BadFrame(f"field 'token' must be a string, got {_type(token)}", job)
+        after = frame.get("after")
+        if after is None:
+            return WatchOp(job, token, 0)
+        if not isinstance(after, str):
+            raise BadFrame(
+                f"field 'after' must be a stream id string or null, got {_type(after)}", job
+            )
+        try:
+            return WatchOp(job, token, seq_of_stream_id(after))
+        except ValueError as e:
+            raise BadFrame(f"field 'after': {e}", job) from e
+    if isinstance(op, str):
+        raise BadFrame(f"unknown op {op[:32]!r}; expected one of {', '.join(OPS)}")
+    raise BadFrame(f"field 'op' must be one of {', '.join(OPS)}, got {_type(op)}")

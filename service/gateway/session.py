@@ -1,0 +1,279 @@
+"""One WebSocket client: a reader task, a writer task, and the watches it holds.
+
+Only the writer sends on the socket. Everything for the client (event frames, replies,
+errors, and finally the close frame) goes through one bounded queue that the writer drains,
+so the delivery side never waits on a client: `deliver` appends and returns. A client whose
+queue grows past `MAX_SEND_QUEUE_BYTES` is closed with 1013; its queued frames are dropped and
+the close frame goes behind what was already handed to the socket, so a client that reads
+again sees it and can resume with `after`.
+
+Close codes: 1000 idle, 1001 gateway shutting down, 1008 policy (bad frames, origin),
+1009 frame too large (uvicorn enforces the size), 1011 internal error, 1013 too slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from service import codec, tokens
+from service.config import Settings
+from service.delivery.base import Delivery
+from service.gateway.protocol import BadFrame, PingOp, UnwatchOp, WatchOp, parse
+from service.model import ErrorCode
+from service.stats import GatewayStats
+
+log = logging.getLogger(__name__)
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CLOSE_IDLE = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+BAD_FRAME_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Session:
+    """Implements `Watcher` for the delivery; runs until the socket closes."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        delivery: Delivery,
+        settings: Settings,
+        stats: GatewayStats,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._delivery = delivery
+        self._settings = settings
+        self._stats = stats
+        self._queue: deque[bytes | _Close] = deque()
+        self._backlog = 0
+        self._wake = asyncio.Event()
+        self._closing = False  # no more frames are queued
+        self._close_queued = False  # the writer will send a close frame and stop
+        self._paused_delivery = False
+        self.watching: set[str] = set()
+        self._bad_frames: deque[float] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._last_activity = self._loop.time()
+        self.close_code: int | None = None
+
+    # -- Watcher -------------------------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        self._stats.events_delivered += 1
+        self._queue.append(frame)
+        self._backlog += len(frame)
+        if self._backlog > self._settings.max_send_queue_bytes:
+            self._too_slow()
+        else:
+            self._wake.set()
+
+    def watch_failed(self, job: str, code: ErrorCode, message: str) -> None:
+        self._reply(codec.error(code, message, job))
+
+    def watch_ended(self, job: str) -> None:
+        self.watching.discard(job)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Queue the close frame behind what is queued; the writer sends it and stops."""
+        if self._closing:
+            return
+        self._closing = self._close_queued = True
+        self.close_code = code
+        self._queue.append(_Close(code, reason))
+        self._wake.set()
+
+    def _too_slow(self) -> None:
+        self._stats.slow_client_closes += 1
+        log.info("closing a client that reads too slowly (%d bytes queued)", self._backlog)
+        self._queue.clear()
+        self._backlog = 0
+        self.close(CLOSE_TRY_LATER, "too slow: reconnect and resume with 'after'")
+
+    async def run(self) -> None:
+        """Serve the socket (already accepted) until either side closes it."""
+        writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        reader = asyncio.create_task(self._read_loop(), name="ws-reader")
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if self._close_queued and not writer.done():
+                # We are closing: give the close frame a bounded time to go out.
+                await asyncio.wait({writer}, timeout=self._settings.shutdown_grace_s)
+            writer.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            for task in (reader, writer):
+                if not task.cancelled() and task.exception() is not None:
+                    error = task.exception()
+                    log.error("session task failed: %s: %s", type(error).__name__, error)
+        finally:
+            for job in list(self.watching):
+                self._delivery.unwatch(job, self)
+            self.watching.clear()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _reply(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        self._queue.append(frame)
+        self._backlog += len(frame)
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        queue, send = self._queue, self._send
+        low_water = self._settings.max_send_queue_bytes // 4
+        high_water = self._settings.max_send_queue_bytes // 2
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = queue.popleft()
+            if isinstance(item, _Close):
+                self._stats.closes[item.code] += 1
+                await send({"type": "websocket.close", "code": item.code, "reason": item.reason})
+                return
+            self._backlog -= len(item)
+            await send({"type": "websocket.send", "text": item.decode()})
+            self._last_activity = self._loop.time()
+            if self._backlog > high_water:
+                self._paused_delivery = True
+            elif self._paused_delivery and self._backlog < low_water:
+                self._paused_delivery = False
+                self._delivery.drained(self)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        idle_s = self._settings.idle_timeout_s
+        while not self._closing:
+            remaining = self._last_activity + idle_s - self._loop.time()
+            if remaining <= 0:
+                self.close(CLOSE_IDLE, "idle timeout")
+                return
+            try:
+                message = await asyncio.wait_for(self._receive(), remaining)
+            except TimeoutError:
+                continue
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self.close_code = message.get("code", 1005)
+                self._closing = True
+                return
+            if kind != "websocket.receive":
+                continue
+            self._last_activity = self._loop.time()
+            text = message.get("text")
+            if text is None:
+                self._bad_frame(BadFrame("frames must be text (JSON), not binary"))
+                continue
+            try:
+                op = parse(text)
+            except BadFrame as e:
+                self._bad_frame(e)
+                continue
+            self._handle(op)
+
+    def _handle(self, op: WatchOp | UnwatchOp | PingOp) -> None:
+        if isinstance(op, PingOp):
+            self._reply(codec.PONG)
+        elif isinstance(op, WatchOp):
+            self._watch(op)
+        elif op.job in self.watching:
+            self._delivery.unwatch(op.job, self)
+            self.watching.discard(op.job)
+            self._reply(codec.unwatched(op.job))
+        else:
+            self._reply(
+                codec.error(ErrorCode.NOT_FOUND, "this socket does not watch that job", op.job)
+            )
+
+    def _watch(self, op: WatchOp) -> None:
+        # The token comes first: a wrong one learns nothing about the job.
+        if not tokens.verify(op.job, op.token, self._settings.token_keys):
+            self._reply(
+                codec.error(ErrorCode.UNAUTHORIZED, "the token is not valid for this job", op.job)
+            )
+            return
+        if op.job in self.watching:
+            self._delivery.unwatch(op.job, self)  # watching again: start over from `after`
+        elif len(self.watching) >= self._settings.max_watches_per_socket:
+            limit = self._settings.max_watches_per_socket
+            self._reply(
+                codec.error(
+                    ErrorCode.TOO_MANY_WATCHES, f"this socket already watches {limit} jobs", op.job
+                )
+            )
+            return
+        self.watching.add(op.job)
+        self._reply(codec.watching(op.job))
+        self._delivery.watch(op.job, self, op.after_seq)
+
+    def _bad_frame(self, error: BadFrame) -> None:
+        self._stats.bad_frames += 1
+        now = self._loop.time()
+        window = self._bad_frames
+        window.append(now)
+        while window and window[0] < now - BAD_FRAME_WINDOW_S:
+            window.popleft()
+        if len(window) > self._settings.max_bad_frames_per_min:
+            self.close(CLOSE_POLICY, "too many bad frames")
+            return
+        self._reply(codec.error(ErrorCode.BAD_REQUEST, error.message, error.job))
+
+
+class Sessions:
+    """Every open session of this process, so shutdown can close them all with 1001."""
+
+    def __init__(self) -> None:
+        self.open: set[Session] = set()
+        self.shutting_down = False
+        self._done = asyncio.Event()
+
+    def add(self, session: Session) -> None:
+        self.open.add(session)
+
+    def remove(self, session: Session) -> None:
+        self.open.discard(session)
+        if not self.open:
+            self._done.set()
+
+    async def close_all(self, code: int, timeout_s: float) -> None:
+        self.shutting_down = True
+        if not self.open:
+            return
+        log.info("closing %d WebSocket(s) with %d", len(self.open), code)
+        self._done.clear()
+        for session in list(self.open):
+            session.close(code, "server shutting down")
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("%d WebSocket(s) did not close in %.1fs", len(self.open), timeout_s)
