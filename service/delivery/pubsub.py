@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PMESSAGE = b"pmessage"
 PSUBSCRIBE = b"psubscribe"
+YIELD_EVERY = 64
 
 
 class PatternSubscriber:
@@ -88,8 +89,14 @@ class PatternSubscriber:
         keys, hub, probe = self._keys, self._hub, self._probe_channel
         try:
             await pubsub.psubscribe(keys.channel_pattern)
+            handled = 0
             while True:
                 reply: Any = await pubsub.parse_response(block=True)
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Replies already buffered are parsed without awaiting I/O: let the
+                    # session writers run now and then during a burst.
+                    await asyncio.sleep(0)
                 self._last_message = loop.time()
                 kind = reply[0]
                 if kind == PMESSAGE:
