@@ -20,7 +20,9 @@ class Client:
         self.ws = connection
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode())
+        await self.ws.send(
+            frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        )
 
     async def recv(self, timeout_s: float = RECV_TIMEOUT_S) -> dict[str, Any]:
         frame = await asyncio.wait_for(self.ws.recv(), timeout_s)
@@ -73,7 +75,7 @@ async def submit(base: str, kind: str, payload: dict[str, Any]) -> tuple[str, st
 
 def assert_exact(events: list[dict[str, Any]], job: str, n: int, first_seq: int = 1) -> None:
     """Events of a `count` job: every seq once, in order, no gaps, ending with `done`."""
-    seqs = [e["seq"] for e in events]
+    seqs = [e.get("seq", e) for e in events]
     assert seqs == list(range(first_seq, n + 2)), seqs
     assert all(e["type"] == "event" and e["job"] == job for e in events)
     assert [e["data"]["i"] for e in events[:-1]] == list(range(first_seq, n + 1))

@@ -204,7 +204,11 @@ class Hub:
         return batch
 
     async def _catch_up(self, batch: list[str]) -> None:
-        positions = [(job, min(w.last_seq for w in self.feeds[job].values())) for job in batch]
+        # Where each watch stood when the read was sent: live frames may move a watch on
+        # while the read is in flight, and only a position it had before the read can be
+        # compared with the job's last seq as read.
+        sent = {job: {w: watch.last_seq for w, watch in self.feeds[job].items()} for job in batch}
+        positions = [(job, min(sent[job].values())) for job in batch]
         self._inflight.update(batch)
         try:
             pages = await self._reader.pages(positions, self._page_size)
@@ -215,18 +219,18 @@ class Hub:
             raise
         self._inflight.difference_update(batch)
         for page in pages:
-            self._apply(page)
+            self._apply(page, sent[page.job])
 
-    def _apply(self, page: Page) -> None:
+    def _apply(self, page: Page, sent: dict[Watcher, int]) -> None:
         job = page.job
         watches = self.feeds.get(job)
         if not watches:
             self._dirty.discard(job)
             return
-        for watch in list(watches.values()):
+        for watcher, watch in list(watches.items()):
             if not page.exists:
                 self._gone(job, watch, GONE_EXPIRED)
-            elif watch.last_seq > page.last_seq:
+            elif sent.get(watcher, 0) > page.last_seq:
                 self._gone(job, watch, GONE_REWOUND)
         for frame in page.frames:
             watches = self.feeds.get(job)

@@ -88,10 +88,19 @@ class PatternSubscriber:
         loop = asyncio.get_running_loop()
         keys, hub, probe = self._keys, self._hub, self._probe_channel
         try:
-            await pubsub.psubscribe(keys.channel_pattern)
+            # The subscriber's socket has no read timeout, so bound the subscribe itself: a
+            # connection that cannot even confirm it is no better than a dead one.
+            timeout_s = self._settings.redis_connect_timeout_s + self._settings.probe_timeout_s
+            async with asyncio.timeout(timeout_s):
+                await pubsub.psubscribe(keys.channel_pattern)
+                reply: Any = await pubsub.parse_response(block=True)
+            if reply[0] != PSUBSCRIBE:
+                raise ConnectionError(f"expected a psubscribe confirmation, got {reply[0]!r}")
+            self._last_message = loop.time()
+            self._on_subscribed()
             handled = 0
             while True:
-                reply: Any = await pubsub.parse_response(block=True)
+                reply = await pubsub.parse_response(block=True)
                 handled += 1
                 if handled % YIELD_EVERY == 0:
                     # Replies already buffered are parsed without awaiting I/O: let the

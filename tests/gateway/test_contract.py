@@ -31,7 +31,7 @@ MODES = ["pubsub", "xread"]
 class Stack:
     base: str
     settings: Settings
-    redis: RedisServer
+    server: RedisServer
     client: redis.Redis
 
     async def job(self, kind: str = "count", **payload: Any) -> tuple[str, str]:
@@ -45,7 +45,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def stack(mode: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    server = RedisServer(tmp_path / "redis", args=("--appendonly", "yes", "--appendfsync", "always"))
+    server = RedisServer(
+        tmp_path / "redis", args=("--appendonly", "yes", "--appendfsync", "always")
+    )
     server.start()
     client = server.client()
     try:
@@ -210,9 +212,9 @@ async def test_watches_survive_a_redis_restart(stack: Stack) -> None:
             await ws.watch(job, token)
         while sum(f["type"] == "event" for f in before) < 6:
             before.append(await ws.recv())
-        stack.redis.kill()
+        stack.server.kill()
         await asyncio.sleep(0.3)  # Redis stays down a moment while jobs want to emit
-        stack.redis.start()
+        stack.server.start()
         after = await ws.events_until_terminal({job for job, _ in jobs}, timeout_s=60)
     # Every event exactly once across the restart; errors about the outage may be interleaved
     # (the watch goes on and resumes by itself).

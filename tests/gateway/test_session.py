@@ -85,9 +85,9 @@ async def test_too_many_bad_frames_close_with_1008(tmp_path: Path) -> None:
 
 async def test_origins_outside_the_allow_list_are_closed_with_1008(tmp_path: Path) -> None:
     async with gateway(tmp_path, allowed_origins=("https://app.example",)) as base:
-        async with connect(base, origin="https://evil.example") as ws:  # type: ignore[arg-type]
+        async with connect(base, origin="https://evil.example") as ws:
             assert await ws.closed_with() == 1008
-        async with connect(base, origin="https://app.example") as ws:  # type: ignore[arg-type]
+        async with connect(base, origin="https://app.example") as ws:
             await ws.send({"op": "ping"})
             assert await ws.recv() == {"type": "pong"}
 
