@@ -7,10 +7,9 @@ import math
 import socket
 
 import uvicorn
-from starlette.applications import Starlette
 
 from service.config import Settings
-from service.gateway.app import create_app
+from service.gateway.app import GatewayApp, create_app
 from service.gateway.session import Sessions
 from service.keys import Keys
 from service.migrate import require_layout
@@ -18,7 +17,7 @@ from service.redis_client import RedisFactory, redis_errors
 
 
 def uvicorn_config(
-    settings: Settings, host: str, port: int, app: Starlette | None = None
+    settings: Settings, host: str, port: int, app: GatewayApp | None = None
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app or create_app(settings),
@@ -69,9 +68,8 @@ class GatewayServer(uvicorn.Server):
 
 def gateway_server(settings: Settings, host: str, port: int) -> GatewayServer:
     app = create_app(settings)
-    sessions: Sessions = app.state.sessions
     return GatewayServer(
-        uvicorn_config(settings, host, port, app), sessions, settings.shutdown_grace_s
+        uvicorn_config(settings, host, port, app), app.sessions, settings.shutdown_grace_s
     )
 
 

@@ -1,11 +1,12 @@
-"""One WebSocket client: a reader task, a writer task, and the watches it holds.
+"""One WebSocket client: its reader, its writer, and the watches it holds.
 
-Only the writer sends on the socket. Everything for the client (event frames, replies,
-errors, and finally the close frame) goes through one bounded queue that the writer drains,
-so the delivery side never waits on a client: `deliver` appends and returns. A client whose
-queue grows past `MAX_SEND_QUEUE_BYTES` is closed with 1013; its queued frames are dropped and
-the close frame goes behind what was already handed to the socket, so a client that reads
-again sees it and can resume with `after`.
+The connection's own task reads; a writer task runs only while there is something to send, so
+an idle socket costs a timer and no task of its own. Only the writer sends on the socket.
+Everything for the client (event frames, replies, errors, and finally the close frame) goes
+through one bounded queue that the writer drains, so the delivery side never waits on a
+client: `deliver` appends and returns. A client whose queue grows past `MAX_SEND_QUEUE_BYTES`
+is closed with 1013; its queued frames are dropped and the close frame goes behind what was
+already handed to the socket, so a client that reads again sees it and can resume with `after`.
 
 Close codes: 1000 idle, 1001 gateway shutting down, 1008 policy (bad frames, origin),
 1009 frame too large (uvicorn enforces the size), 1011 internal error, 1013 too slow.
@@ -14,6 +15,7 @@ Close codes: 1000 idle, 1001 gateway shutting down, 1008 policy (bad frames, ori
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -50,6 +52,28 @@ class _Close:
 class Session:
     """Implements `Watcher` for the delivery; runs until the socket closes."""
 
+    # Thousands of these live at once, mostly idle: slots keep each one small.
+    __slots__ = (
+        "__weakref__",
+        "_backlog",
+        "_bad_frames",
+        "_close_deadline",
+        "_closing",
+        "_delivery",
+        "_last_activity",
+        "_loop",
+        "_paused_delivery",
+        "_queue",
+        "_read_timeout",
+        "_receive",
+        "_send",
+        "_settings",
+        "_stats",
+        "_writer",
+        "close_code",
+        "watching",
+    )
+
     def __init__(
         self,
         receive: Receive,
@@ -65,12 +89,13 @@ class Session:
         self._stats = stats
         self._queue: deque[bytes | _Close] = deque()
         self._backlog = 0
-        self._wake = asyncio.Event()
-        self._closing = False  # no more frames are queued
-        self._close_queued = False  # the writer will send a close frame and stop
+        self._writer: asyncio.Task[None] | None = None
+        self._read_timeout: asyncio.Timeout | None = None
+        self._closing = False  # a close frame is queued, or the client is gone
+        self._close_deadline = 0.0
         self._paused_delivery = False
         self.watching: set[str] = set()
-        self._bad_frames: deque[float] = deque()
+        self._bad_frames: deque[float] | None = None
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self.close_code: int | None = None
@@ -86,7 +111,7 @@ class Session:
         if self._backlog > self._settings.max_send_queue_bytes:
             self._too_slow()
         else:
-            self._wake.set()
+            self._kick_writer()
 
     def watch_failed(self, job: str, code: ErrorCode, message: str) -> None:
         self._reply(codec.error(code, message, job))
@@ -101,13 +126,20 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self, code: int, reason: str = "") -> None:
-        """Queue the close frame behind what is queued; the writer sends it and stops."""
+        """Queue the close frame behind what is queued; the writer sends it and stops.
+
+        The reader is woken so the session ends within `SHUTDOWN_GRACE_S` even when the
+        client never reads again.
+        """
         if self._closing:
             return
-        self._closing = self._close_queued = True
+        self._closing = True
         self.close_code = code
+        self._close_deadline = self._loop.time() + self._settings.shutdown_grace_s
         self._queue.append(_Close(code, reason))
-        self._wake.set()
+        self._kick_writer()
+        if self._read_timeout is not None:
+            self._read_timeout.reschedule(self._close_deadline)
 
     def _too_slow(self) -> None:
         self._stats.slow_client_closes += 1
@@ -117,22 +149,24 @@ class Session:
         self.close(CLOSE_TRY_LATER, "too slow: reconnect and resume with 'after'")
 
     async def run(self) -> None:
-        """Serve the socket (already accepted) until either side closes it."""
-        writer = asyncio.create_task(self._write_loop(), name="ws-writer")
-        reader = asyncio.create_task(self._read_loop(), name="ws-reader")
+        """Serve the socket (already accepted) until either side closes it.
+
+        The reading happens in this (the connection's) task; a writer task exists only while
+        there is something to send, so an idle socket costs no task of its own.
+        """
         try:
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if self._close_queued and not writer.done():
-                # We are closing: give the close frame a bounded time to go out.
-                await asyncio.wait({writer}, timeout=self._settings.shutdown_grace_s)
-            writer.cancel()
-            reader.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            for task in (reader, writer):
-                if not task.cancelled() and task.exception() is not None:
-                    error = task.exception()
-                    log.error("session task failed: %s: %s", type(error).__name__, error)
+            await self._read_loop()
         finally:
+            writer = self._writer
+            if writer is not None and not writer.done():
+                if self._closing:
+                    # Give the close frame what is left of its bounded time to go out.
+                    await asyncio.wait(
+                        {writer}, timeout=max(0.0, self._close_deadline - self._loop.time())
+                    )
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
             for job in list(self.watching):
                 self._delivery.unwatch(job, self)
             self.watching.clear()
@@ -144,50 +178,67 @@ class Session:
             return
         self._queue.append(frame)
         self._backlog += len(frame)
-        self._wake.set()
+        self._kick_writer()
 
-    async def _write_loop(self) -> None:
+    def _kick_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = self._loop.create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        """Send everything queued, then end; the only code that sends on this socket."""
         queue, send = self._queue, self._send
         low_water = self._settings.max_send_queue_bytes // 4
         high_water = self._settings.max_send_queue_bytes // 2
-        while True:
-            if not queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            item = queue.popleft()
-            if isinstance(item, _Close):
-                self._stats.closes[item.code] += 1
-                await send({"type": "websocket.close", "code": item.code, "reason": item.reason})
-                return
-            self._backlog -= len(item)
-            await send({"type": "websocket.send", "text": item.decode()})
-            self._last_activity = self._loop.time()
-            if self._backlog > high_water:
-                self._paused_delivery = True
-            elif self._paused_delivery and self._backlog < low_water:
-                self._paused_delivery = False
-                self._delivery.drained(self)
+        try:
+            while queue:
+                item = queue.popleft()
+                if isinstance(item, _Close):
+                    self._stats.closes[item.code] += 1
+                    await send(
+                        {"type": "websocket.close", "code": item.code, "reason": item.reason}
+                    )
+                    return
+                self._backlog -= len(item)
+                await send({"type": "websocket.send", "text": item.decode()})
+                self._last_activity = self._loop.time()
+                if self._backlog > high_water:
+                    self._paused_delivery = True
+                elif self._paused_delivery and self._backlog < low_water:
+                    self._paused_delivery = False
+                    self._delivery.drained(self)
+        except OSError as e:  # the client vanished mid-send (uvicorn's ClientDisconnected)
+            log.debug("send failed: %s", e)
 
     # -- reading -------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         idle_s = self._settings.idle_timeout_s
-        while not self._closing:
-            remaining = self._last_activity + idle_s - self._loop.time()
-            if remaining <= 0:
-                self.close(CLOSE_IDLE, "idle timeout")
-                return
+        receive = self._receive
+        while True:
+            now = self._loop.time()
+            if self._closing:
+                deadline = self._close_deadline
+                if now >= deadline:
+                    return
+            else:
+                deadline = self._last_activity + idle_s
+                if now >= deadline:
+                    self.close(CLOSE_IDLE, "idle timeout")
+                    continue
             try:
-                message = await asyncio.wait_for(self._receive(), remaining)
+                async with asyncio.timeout_at(deadline) as self._read_timeout:
+                    message = await receive()
             except TimeoutError:
                 continue
+            finally:
+                self._read_timeout = None
             kind = message["type"]
             if kind == "websocket.disconnect":
-                self.close_code = message.get("code", 1005)
                 self._closing = True
+                if self.close_code is None:
+                    self.close_code = message.get("code", 1005)
                 return
-            if kind != "websocket.receive":
+            if kind != "websocket.receive" or self._closing:
                 continue
             self._last_activity = self._loop.time()
             text = message.get("text")
@@ -239,6 +290,8 @@ class Session:
     def _bad_frame(self, error: BadFrame) -> None:
         self._stats.bad_frames += 1
         now = self._loop.time()
+        if self._bad_frames is None:
+            self._bad_frames = deque()
         window = self._bad_frames
         window.append(now)
         while window and window[0] < now - BAD_FRAME_WINDOW_S:
