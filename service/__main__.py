@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE:ATTR",
         help="a mapping of job kind to async handler, added to the built-ins",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default: WORKER_METRICS_PORT, 0 = off)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply pending Redis layout migrations")
     migrate.add_argument("--status", action="store_true", help="list migrations and exit")
@@ -71,7 +77,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
             return serve(settings, host=args.host, port=args.port)
         if args.command == "worker":
-            return _worker(settings, args.concurrency, args.handlers)
+            port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+            return _worker(settings, args.concurrency, args.handlers, port)
         if args.command == "migrate":
             from service.migrate_cli import run_migrate
 
@@ -86,7 +93,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unknown command {args.command}")
 
 
-def _worker(settings: Settings, concurrency: int, handlers_spec: str | None) -> int:
+def _worker(
+    settings: Settings, concurrency: int, handlers_spec: str | None, metrics_port: int
+) -> int:
     from service.handlers import load_handlers
     from service.worker import run_worker
 
@@ -96,7 +105,7 @@ def _worker(settings: Settings, concurrency: int, handlers_spec: str | None) -> 
         handlers = load_handlers(handlers_spec)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    asyncio.run(run_worker(settings, handlers, concurrency))
+    asyncio.run(run_worker(settings, handlers, concurrency, metrics_port))
     return 0
 
 

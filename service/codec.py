@@ -47,6 +47,19 @@ def seq_of_frame(frame: bytes) -> int:
         raise FrameError(f"event frame with a malformed seq: {frame[:30]!r}") from e
 
 
+def ts_of_frame(frame: bytes) -> int:
+    """The `ts` (ms) of an event frame, from its fixed head; 0 when there is none."""
+    start = frame.find(b',"ts":', 0, _HEAD_MAX)
+    if start < 0:
+        return 0
+    start += 6
+    end = frame.find(b",", start)
+    try:
+        return int(frame[start:end])
+    except ValueError:
+        return 0
+
+
 def is_terminal_frame(frame: bytes) -> bool:
     """True for a `done` or `failed` frame; the kind sits in the frame's short fixed head."""
     return frame.find(b'"type":"event","event":"data"', 0, _HEAD_MAX) < 0

@@ -104,6 +104,7 @@ class Settings:
     maintenance_interval_s: float = _env("MAINTENANCE_INTERVAL_S", _float)
     maintenance_lease_s: float = _env("MAINTENANCE_LEASE_S", _float)
     worker_stop_grace_s: float = _env("WORKER_STOP_GRACE_S", _float)
+    worker_metrics_port: int = _env("WORKER_METRICS_PORT", _int)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -218,4 +219,5 @@ DEFAULTS: dict[str, Any] = {
     "maintenance_interval_s": 60.0,
     "maintenance_lease_s": 15.0,
     "worker_stop_grace_s": 10.0,
+    "worker_metrics_port": 0,
 }

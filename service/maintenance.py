@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as redis
@@ -80,6 +81,29 @@ async def trim_acknowledged(client: redis.Redis, stream: str) -> int:
             floors.append(_next_id(_as_str(group["last-delivered-id"])))
     floor = min(floors, key=_id_key)
     return int(await client.xtrim(stream, minid=floor, approximate=False))
+
+
+async def sample_queue(client: redis.Redis, stream: str) -> tuple[int, dict[str, int], float]:
+    """(jobs waiting, pending per group, oldest pending age in s) of the jobs stream.
+
+    Run right after `trim_acknowledged`: what is left in the stream is either pending (taken,
+    not acknowledged) or waiting, so waiting = length - pending. (XINFO's `lag` is not used: it
+    becomes unknown once entries are deleted.)
+    """
+    length = int(await client.xlen(stream))
+    groups = await client.xinfo_groups(stream)
+    pending: dict[str, int] = {}
+    oldest_ms: int | None = None
+    for group in groups:
+        name = _as_str(group["name"])
+        pending[name] = int(group["pending"])
+        if pending[name]:
+            summary = await client.xpending(stream, group["name"])
+            ms = _id_key(_as_str(summary["min"]))[0]
+            oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+    waiting = max(0, length - max(pending.values(), default=0))
+    age_s = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms is not None else 0.0
+    return waiting, pending, age_s
 
 
 def _as_str(value: bytes | str) -> str:

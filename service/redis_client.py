@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -56,8 +57,15 @@ class CommandCounter:
         return sum(self.counts.values())
 
 
-def _counting_class(base: type[AbstractConnection], counter: CommandCounter) -> type[Any]:
+def _counting_class(
+    base: type[AbstractConnection], counter: CommandCounter, live: weakref.WeakSet[Any]
+) -> type[Any]:
+    """A connection class that counts every command it packs and registers its instances."""
     counts = counter.counts
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)
+        live.add(self)
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
         name = args[0]
@@ -67,7 +75,9 @@ def _counting_class(base: type[AbstractConnection], counter: CommandCounter) -> 
         packed: list[bytes] = base.pack_command(self, *args)
         return packed
 
-    return type(f"Counting{base.__name__}", (base,), {"pack_command": pack_command})
+    return type(
+        f"Counting{base.__name__}", (base,), {"__init__": __init__, "pack_command": pack_command}
+    )
 
 
 def pool_size(role: Role, settings: Settings, concurrency: int = 1) -> int:
@@ -92,12 +102,23 @@ class RedisFactory:
     role: Role
     counter: CommandCounter = field(default_factory=CommandCounter)
     concurrency: int = 1
+    # Every connection object created, by purpose, for the "connections held" metric.
+    connections: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
 
-    def _pool_kwargs(self, *, socket_timeout: float | None, health_check_s: int) -> dict[str, Any]:
+    def connections_held(self) -> dict[str, int]:
+        return {
+            purpose: sum(1 for c in live if c.is_connected)
+            for purpose, live in self.connections.items()
+        }
+
+    def _pool_kwargs(
+        self, purpose: str, *, socket_timeout: float | None, health_check_s: int
+    ) -> dict[str, Any]:
         options: dict[str, Any] = dict(parse_url(self.settings.redis_url))
         base = options.pop("connection_class", redis.Connection)
+        live = self.connections.setdefault(purpose, weakref.WeakSet())
         options.update(
-            connection_class=_counting_class(base, self.counter),
+            connection_class=_counting_class(base, self.counter, live),
             protocol=2,
             socket_timeout=socket_timeout,
             socket_connect_timeout=self.settings.redis_connect_timeout_s,
@@ -115,6 +136,7 @@ class RedisFactory:
             max_connections=size,
             timeout=self.settings.redis_socket_timeout_s,
             **self._pool_kwargs(
+                "commands",
                 socket_timeout=self.settings.redis_socket_timeout_s,
                 health_check_s=health_check_s,
             ),
@@ -129,7 +151,7 @@ class RedisFactory:
         With `wait=False` a full pool refuses at once (a `capacity` error) instead of queueing.
         """
         kwargs = self._pool_kwargs(
-            socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0
+            "blocking", socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0
         )
         pool: redis.ConnectionPool
         if wait:
@@ -145,7 +167,8 @@ class RedisFactory:
     def subscriber(self) -> redis.Redis:
         """A client for one Pub/Sub connection: no read timeout, liveness is probed instead."""
         pool = redis.ConnectionPool(
-            max_connections=1, **self._pool_kwargs(socket_timeout=None, health_check_s=0)
+            max_connections=1,
+            **self._pool_kwargs("subscriber", socket_timeout=None, health_check_s=0),
         )
         return redis.Redis.from_pool(pool)
 

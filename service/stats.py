@@ -1,9 +1,45 @@
-"""In-process counters of a gateway, read by `/metrics` (no Redis command needed)."""
+"""In-process counters of a gateway, read by `/metrics` (no Redis command needed).
+
+Plain integers and one fixed-bucket histogram, updated on the delivery hot path for the cost
+of an addition; the Prometheus collector turns them into metric families only when scraped.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+
+# Upper bounds in milliseconds (event timestamps have millisecond resolution).
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    1,
+    2.5,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+)
+
+
+@dataclass
+class LatencyHistogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    total_ms: float = 0.0
+
+    def observe_ms(self, value_ms: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS_MS, value_ms)] += 1
+        self.total_ms += value_ms
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 @dataclass
@@ -17,3 +53,4 @@ class GatewayStats:
     slow_client_closes: int = 0
     bad_frames: int = 0
     closes: Counter[int] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)

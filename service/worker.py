@@ -17,6 +17,8 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,8 @@ import orjson
 from service.config import Settings
 from service.handlers import Handler, Job, JobFailed
 from service.keys import WORKERS_GROUP, Keys
-from service.maintenance import run_maintenance
+from service.maintenance import run_maintenance, sample_queue
+from service.metrics import QueueDepth, WorkerCollector
 from service.migrate import require_layout
 from service.model import EventKind, JobStatus
 from service.publisher import EmitError, Emitter, JobLost, JobWriter, TooManyEvents, now_ms
@@ -68,6 +71,8 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self._slot_free = asyncio.Event()
         self.jobs_done = 0
+        self.jobs_finished: Counter[str] = Counter()
+        self.queue_depth: QueueDepth | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then shut down gracefully."""
@@ -89,6 +94,7 @@ class Worker:
                     holder=self.consumer,
                     lease_ttl_s=self.settings.maintenance_lease_s,
                     interval_s=self.settings.maintenance_interval_s,
+                    extra=self._sample_queue,
                 ),
                 name="maintenance",
             ),
@@ -107,6 +113,28 @@ class Worker:
             await self.client.aclose()
             await self.intake.aclose()
             log.info("worker %s stopped after %d jobs", self.consumer, self.jobs_done)
+
+    async def _sample_queue(self) -> None:
+        waiting, pending, age_s = await sample_queue(self.client, self.keys.jobs)
+        self.queue_depth = QueueDepth(time.monotonic(), waiting, pending, age_s)
+
+    def sampled_queue(self) -> QueueDepth | None:
+        """The last sample while it is fresh, i.e. while this process holds the lease."""
+        depth = self.queue_depth
+        fresh_s = 2 * self.settings.maintenance_interval_s + self.settings.maintenance_lease_s
+        if depth is None or time.monotonic() - depth.sampled_at > fresh_s:
+            return None
+        return depth
+
+    def collector(self) -> WorkerCollector:
+        return WorkerCollector(
+            self.factory,
+            jobs_finished=lambda: dict(self.jobs_finished),
+            events_written=lambda: self.emitter.events_written,
+            emit_round_trips=lambda: self.emitter.round_trips,
+            running=lambda: len(self.running),
+            queue=self.sampled_queue,
+        )
 
     async def _register_kinds(self) -> None:
         now = now_ms()
@@ -239,6 +267,7 @@ class Worker:
         try:
             await writer.emit(*terminal)
             await writer.flushed()
+            self.jobs_finished[terminal[0].value] += 1
         except JobLost:
             log.warning("job %s vanished from Redis while running; dropping it", writer.job)
         except EmitError as e:
@@ -339,7 +368,9 @@ class Worker:
             )
 
 
-async def run_worker(settings: Settings, handlers: dict[str, Handler], concurrency: int) -> None:
+async def run_worker(
+    settings: Settings, handlers: dict[str, Handler], concurrency: int, metrics_port: int = 0
+) -> None:
     """Entry point: run a worker until SIGTERM or SIGINT."""
     import signal
 
@@ -348,4 +379,11 @@ async def run_worker(settings: Settings, handlers: dict[str, Handler], concurren
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(settings, handlers, concurrency=concurrency)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from service.metrics import registry_with
+
+        start_http_server(metrics_port, registry=registry_with(worker.collector()))
+        log.info("worker metrics on :%d/metrics", metrics_port)
     await worker.run(stop)

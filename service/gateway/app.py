@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +22,7 @@ from service.gateway.jobs import Intake
 from service.gateway.session import Sessions
 from service.gateway.ws import WebSocketEndpoint
 from service.keys import Keys
+from service.metrics import CONTENT_TYPE, GatewayCollector, registry_with, render
 from service.migrate import require_layout
 from service.model import ErrorCode, ServiceError
 from service.redis_client import RedisFactory
@@ -41,6 +43,7 @@ class Gateway:
     delivery: Delivery
     sessions: Sessions
     stats: GatewayStats
+    metrics: CollectorRegistry
 
 
 class GatewayApp:
@@ -82,7 +85,23 @@ def create_app(settings: Settings) -> GatewayApp:
             health = Health(client)
             health.extra_checks.append((f"{delivery.mode} delivery", delivery.ready))
             intake = Intake(settings, store)
-            state["gateway"] = Gateway(settings, factory, intake, health, delivery, sessions, stats)
+            collector = GatewayCollector(
+                stats,
+                factory,
+                delivery.mode,
+                watch_count=lambda: delivery.watch_count,
+                ready=delivery.ready,
+            )
+            state["gateway"] = Gateway(
+                settings,
+                factory,
+                intake,
+                health,
+                delivery,
+                sessions,
+                stats,
+                registry_with(collector),
+            )
             await delivery.start()
             log.info("gateway ready (delivery mode %s)", settings.delivery_mode)
             yield
@@ -106,6 +125,9 @@ def create_app(settings: Settings) -> GatewayApp:
 
     async def readyz(request: Request) -> Response:
         return await gateway().health.readyz(request)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(render(gateway().metrics), media_type=CONTENT_TYPE)
 
     async def on_failure(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPFailure)
@@ -133,6 +155,7 @@ def create_app(settings: Settings) -> GatewayApp:
             Route("/jobs/{job}", get_job, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={

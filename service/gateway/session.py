@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from service import codec, tokens
+from service.codec import ts_of_frame
 from service.config import Settings
 from service.delivery.base import Delivery
 from service.gateway.protocol import BadFrame, PingOp, UnwatchOp, WatchOp, parse
@@ -186,7 +188,7 @@ class Session:
 
     async def _write_queued(self) -> None:
         """Send everything queued, then end; the only code that sends on this socket."""
-        queue, send = self._queue, self._send
+        queue, send, latency = self._queue, self._send, self._stats.latency
         low_water = self._settings.max_send_queue_bytes // 4
         high_water = self._settings.max_send_queue_bytes // 2
         try:
@@ -201,6 +203,8 @@ class Session:
                 self._backlog -= len(item)
                 await send({"type": "websocket.send", "text": item.decode()})
                 self._last_activity = self._loop.time()
+                if item.startswith(b'{"seq":'):
+                    latency.observe_ms(time.time() * 1000 - ts_of_frame(item))
                 if self._backlog > high_water:
                     self._paused_delivery = True
                 elif self._paused_delivery and self._backlog < low_water:

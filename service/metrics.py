@@ -1,0 +1,173 @@
+"""Prometheus metrics, collected from in-process counters when scraped.
+
+Nothing here talks to Redis: `/metrics` costs no Redis command. Each process builds its own
+registry (no global state), so tests and several apps in one process do not mix figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from service.redis_client import RedisFactory
+from service.stats import LATENCY_BUCKETS_MS, GatewayStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def redis_families(
+    factory: RedisFactory, role: str
+) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    commands = CounterMetricFamily(
+        "resultcast_redis_commands", "Redis commands sent by this process", labels=["command"]
+    )
+    for name, count in sorted(factory.counter.counts.items()):
+        commands.add_metric([name], count)
+    yield commands
+    connections = GaugeMetricFamily(
+        "resultcast_redis_connections", "Redis connections held", labels=["role", "purpose"]
+    )
+    for purpose, held in sorted(factory.connections_held().items()):
+        connections.add_metric([role, purpose], held)
+    yield connections
+
+
+@dataclass(eq=False)
+class GatewayCollector(Collector):
+    stats: GatewayStats
+    factory: RedisFactory
+    mode: str
+    watch_count: Callable[[], int]
+    ready: Callable[[], bool]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        s, mode = self.stats, [self.mode]
+        yield from redis_families(self.factory, "gateway")
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, text, labels=["mode"])
+            family.add_metric(mode, value)
+            return family
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, text, labels=["mode"])
+            family.add_metric(mode, value)
+            return family
+
+        yield gauge("resultcast_sockets_open", "WebSocket connections open", s.sockets_open)
+        yield gauge("resultcast_watches_active", "Watches held by open sockets", self.watch_count())
+        yield gauge(
+            "resultcast_delivery_ready",
+            "1 while events can be delivered live",
+            1 if self.ready() else 0,
+        )
+        yield counter("resultcast_sockets", "WebSocket connections accepted", s.sockets_total)
+        yield counter(
+            "resultcast_events_delivered", "Event frames queued to sockets", s.events_delivered
+        )
+        yield counter(
+            "resultcast_subscriber_reconnects", "Pub/Sub re-subscriptions", s.subscriber_reconnects
+        )
+        yield counter("resultcast_probes", "Liveness probes published", s.probes_sent)
+        yield counter(
+            "resultcast_slow_client_closes", "Sockets closed with 1013", s.slow_client_closes
+        )
+        yield counter("resultcast_bad_frames", "Client frames refused", s.bad_frames)
+        catch_ups = CounterMetricFamily(
+            "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
+        )
+        for cause in ("watch", "resume", "gap", "reconnect", "subscribe"):
+            catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
+        yield catch_ups
+        closes = CounterMetricFamily(
+            "resultcast_socket_closes",
+            "Sockets closed by the gateway, by code",
+            labels=["mode", "code"],
+        )
+        for code, count in sorted(s.closes.items()):
+            closes.add_metric([self.mode, str(code)], count)
+        yield closes
+        histogram = HistogramMetricFamily(
+            "resultcast_delivery_latency_seconds",
+            "From the event's timestamp to its send on the socket",
+            labels=["mode"],
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS_MS, float("inf")), s.latency.counts, strict=True):
+            cumulative += count
+            buckets.append((str(bound / 1000) if bound != float("inf") else "+Inf", cumulative))
+        histogram.add_metric(mode, buckets, s.latency.total_ms / 1000)
+        yield histogram
+
+
+def registry_with(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+@dataclass
+class QueueDepth:
+    """The jobs stream as the maintenance lease holder last sampled it."""
+
+    sampled_at: float = 0.0
+    waiting: int = 0
+    pending: dict[str, int] | None = None
+    oldest_pending_age_s: float = 0.0
+
+
+@dataclass(eq=False)
+class WorkerCollector(Collector):
+    factory: RedisFactory
+    jobs_finished: Callable[[], dict[str, int]]
+    events_written: Callable[[], int]
+    emit_round_trips: Callable[[], int]
+    running: Callable[[], int]
+    queue: Callable[[], QueueDepth | None]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from redis_families(self.factory, "worker")
+        jobs = CounterMetricFamily(
+            "resultcast_jobs_finished", "Jobs finished here", labels=["outcome"]
+        )
+        for outcome, count in sorted(self.jobs_finished().items()):
+            jobs.add_metric([outcome], count)
+        yield jobs
+        yield CounterMetricFamily(
+            "resultcast_events_written",
+            "Events made durable and published",
+            value=self.events_written(),
+        )
+        yield CounterMetricFamily(
+            "resultcast_emit_round_trips",
+            "Pipelines sent by the emitter",
+            value=self.emit_round_trips(),
+        )
+        yield GaugeMetricFamily(
+            "resultcast_jobs_running", "Jobs running here", value=self.running()
+        )
+        depth = self.queue()
+        if depth is None:
+            return  # only the maintenance lease holder exports the queue, so it is counted once
+        yield GaugeMetricFamily(
+            "resultcast_jobs_waiting", "Jobs not yet taken by any worker", value=depth.waiting
+        )
+        pending = GaugeMetricFamily(
+            "resultcast_jobs_pending", "Jobs taken and not acknowledged", labels=["group"]
+        )
+        for group, count in sorted((depth.pending or {}).items()):
+            pending.add_metric([group], count)
+        yield pending
+        yield GaugeMetricFamily(
+            "resultcast_oldest_pending_age_seconds",
+            "Age of the oldest unacknowledged job",
+            value=depth.oldest_pending_age_s,
+        )
