@@ -93,7 +93,7 @@ class GatewayCollector(Collector):
         yield closes
         histogram = HistogramMetricFamily(
             "resultcast_delivery_latency_seconds",
-            "From the event's timestamp to its send on the socket",
+            "From the event's timestamp to its send on the socket (one send in 8 is timed)",
             labels=["mode"],
         )
         cumulative, buckets = 0, []

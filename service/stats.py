@@ -47,6 +47,7 @@ class GatewayStats:
     sockets_open: int = 0
     sockets_total: int = 0
     events_delivered: int = 0
+    frames_sent: int = 0
     catch_ups: Counter[str] = field(default_factory=Counter)
     subscriber_reconnects: int = 0
     probes_sent: int = 0
