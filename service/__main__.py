@@ -45,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port (default: WORKER_METRICS_PORT, 0 = off)",
     )
 
+    bench = commands.add_parser(
+        "bench",
+        help="A/B benchmark of the delivery modes (private Redis, real processes)",
+        description="Runs the same workload against each delivery mode and prints a "
+        "side-by-side table; writes a JSON file and a PNG chart.",
+    )
+    from service.bench import add_arguments
+
+    add_arguments(bench)
+
     migrate = commands.add_parser("migrate", help="apply pending Redis layout migrations")
     migrate.add_argument("--status", action="store_true", help="list migrations and exit")
     migrate.add_argument("--dry-run", action="store_true", help="show what would be applied")
@@ -83,6 +93,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from service.migrate_cli import run_migrate
 
             return asyncio.run(run_migrate(settings, status_only=args.status, dry_run=args.dry_run))
+        if args.command == "bench":
+            from service.bench import main as bench_main
+
+            return bench_main(args)
         if args.command == "dev":
             from service.dev import run_dev
 

@@ -1,4 +1,4 @@
-"""Job kinds for benchmarks, loaded with `--handlers benchmarks.handlers:HANDLERS`."""
+"""Job kinds for benchmarks, loaded with `--handlers service.bench.handlers:HANDLERS`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,120 @@
+"""`python -m service bench`: the A/B benchmark of the delivery modes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+from service.bench.ab import Params
+
+PHASES = ("idle", "burst", "steady")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Params()
+    parser.add_argument("--modes", default="pubsub,xread", help="delivery modes, in order")
+    parser.add_argument("--phases", default=",".join(PHASES), help="idle,burst,steady")
+    parser.add_argument("--redis-url", default=None, help="use this Redis (it is FLUSHED!)")
+    parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG")
+    parser.add_argument("--idle-sockets", type=int, default=defaults.idle_sockets)
+    parser.add_argument("--idle-seconds", type=float, default=defaults.idle_seconds)
+    parser.add_argument("--burst-jobs", type=int, default=defaults.burst_jobs)
+    parser.add_argument("--burst-events", type=int, default=defaults.burst_events)
+    parser.add_argument("--steady-sockets", type=int, default=defaults.steady_sockets)
+    parser.add_argument(
+        "--steady-rate",
+        type=int,
+        default=defaults.steady_rate,
+        help="events per second over all sockets",
+    )
+    parser.add_argument("--steady-seconds", type=int, default=defaults.steady_seconds)
+    parser.add_argument(
+        "--xread-block-ms",
+        type=int,
+        default=15_000,
+        help="XREAD block in xread mode (the seed's 'before' was 100)",
+    )
+    parser.add_argument(
+        "--xread-count",
+        type=int,
+        default=20,
+        help="XREAD count in xread mode (the seed's 'before' was 10)",
+    )
+
+
+async def run(args: argparse.Namespace, out: Path) -> int:
+    from service.bench.ab import ModeResult, burst_phase, idle_phase, overnight, steady_phase
+    from service.bench.harness import private_redis, running_stack
+    from service.bench.report import table, write_chart, write_json
+
+    params = Params(
+        idle_sockets=args.idle_sockets,
+        idle_seconds=args.idle_seconds,
+        burst_jobs=args.burst_jobs,
+        burst_events=args.burst_events,
+        steady_sockets=args.steady_sockets,
+        steady_rate=args.steady_rate,
+        steady_seconds=args.steady_seconds,
+    )
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    phases = {p.strip() for p in args.phases.split(",")}
+    if bad := [m for m in modes if m not in ("pubsub", "xread")]:
+        print(f"bench: unknown mode(s) {', '.join(bad)}", file=sys.stderr)
+        return 2
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    xread_env = {
+        "XREAD_BLOCK_MS": str(args.xread_block_ms),
+        "XREAD_COUNT": str(args.xread_count),
+        "XREAD_MAX_CONNECTIONS": str(max(10_000, params.idle_sockets + 100)),
+    }
+    results: list[ModeResult] = []
+    started = time.time()
+    async with private_redis(args.redis_url) as url:
+        for mode in modes:
+            result = ModeResult(mode)
+            async with running_stack(url, mode, xread_env) as stack:
+                if "idle" in phases:
+                    result.idle = await idle_phase(stack, params)
+                    result.overnight = overnight(result.idle)
+                if "burst" in phases:
+                    await burst_phase(stack, params, result)
+                if "steady" in phases:
+                    await steady_phase(stack, params, result)
+            results.append(result)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    json_path, chart_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
+    command = "python -m service bench " + " ".join(sys.argv[2:])
+    write_json(
+        json_path,
+        params,
+        results,
+        {
+            "command": command.strip(),
+            "xread": {"block_ms": args.xread_block_ms, "count": args.xread_count},
+            "seconds": time.time() - started,
+        },
+    )
+    skipped = write_chart(chart_path, results)
+    print(table(results))
+    print(f"\nfigures: {json_path}")
+    print(f"chart:   {skipped or chart_path}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import httpx  # noqa: F401 - the load generator's HTTP client
+    except ImportError:
+        print("bench: needs its extras: pip install 'resultcast[bench]'", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for noisy in ("httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return asyncio.run(run(args, out))

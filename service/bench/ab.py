@@ -1,0 +1,191 @@
+"""The A/B benchmark's phases: the same workload against one delivery mode.
+
+- idle: sockets watching silent jobs; what Redis, memory and CPU that costs.
+- burst: jobs emitting as fast as the worker can; throughput, latency, and exactness.
+- steady: a fixed event rate over many sockets; the latency distribution under load.
+- overnight: the seed's headline, derived from idle: commands for one tab open 8 hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from service.bench.harness import (
+    Progress,
+    Stack,
+    close_all,
+    command_calls,
+    connections_named,
+    percentile_ms,
+    proc_stats,
+    sleep_with_progress,
+    until,
+    watch_all,
+)
+from service.bench.wsload import Received, WsProtocol, open_sockets
+
+SEED_OVERNIGHT = {"before (XREAD block 100 ms)": 500_000, "after (XREAD block 15 s)": 2_500}
+
+
+@dataclass
+class Params:
+    idle_sockets: int = 1000
+    idle_seconds: float = 30.0
+    burst_jobs: int = 200
+    burst_events: int = 200
+    steady_sockets: int = 500
+    steady_rate: int = 500
+    steady_seconds: int = 10
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    idle: dict[str, float] = field(default_factory=dict)
+    burst: dict[str, float] = field(default_factory=dict)
+    steady: dict[str, float] = field(default_factory=dict)
+    overnight: dict[str, float] = field(default_factory=dict)
+    burst_latencies_ns: list[int] = field(default_factory=list)
+    steady_latencies_ns: list[int] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "idle": self.idle,
+            "burst": self.burst,
+            "steady": self.steady,
+            "overnight": self.overnight,
+        }
+
+
+async def idle_phase(stack: Stack, p: Params) -> dict[str, float]:
+    progress = Progress(f"{stack.env['DELIVERY_MODE']}: idle")
+    # No worker runs, so these jobs stay queued and silent.
+    jobs = await stack.submit_many("echo", {}, p.idle_sockets, progress)
+    rss_empty, _ = proc_stats(stack.gateway_pid)
+    sink = Received()
+    sockets = await open_sockets(stack.base, p.idle_sockets, sink)
+    watch_all(sockets, jobs)
+    await until(lambda: sink.frames >= p.idle_sockets, 120)
+    await asyncio.sleep(1.0)  # the watches' initial catch-ups finish
+    calls_0 = await command_calls(stack.client)
+    _, cpu_0 = proc_stats(stack.gateway_pid)
+    await sleep_with_progress(p.idle_seconds, progress)
+    rss_1, cpu_1 = proc_stats(stack.gateway_pid)
+    calls = await command_calls(stack.client) - calls_0 - 1  # less the INFO measuring it
+    connections = await connections_named(stack.client, "resultcast-gateway")
+    progress.done()
+    await close_all(sockets)
+    socket_hours = p.idle_sockets * p.idle_seconds / 3600
+    return {
+        "sockets": p.idle_sockets,
+        "seconds": p.idle_seconds,
+        "redis_commands": calls,
+        "commands_per_socket_hour": calls / socket_hours,
+        "redis_connections": connections,
+        "gateway_rss_mib": rss_1,
+        "rss_kib_per_socket": max(0.0, rss_1 - rss_empty) * 1024 / p.idle_sockets,
+        "cpu_s_per_socket_hour": (cpu_1 - cpu_0) / socket_hours,
+    }
+
+
+def exactness(sockets: list[WsProtocol], expected: int) -> dict[str, int]:
+    lost = duplicated = out_of_order = 0
+    for ws in sockets:
+        for seqs in ws.seqs.values():
+            unique = set(seqs)
+            lost += expected - len(unique & set(range(1, expected + 1)))
+            duplicated += len(seqs) - len(unique)
+            out_of_order += sum(1 for a, b in pairwise(seqs) if b < a)
+    return {"lost": lost, "duplicated": duplicated, "out_of_order": out_of_order}
+
+
+async def _run_ticks(
+    stack: Stack,
+    label: str,
+    *,
+    sockets_count: int,
+    payload: dict[str, Any],
+    expected: int,
+    timeout_s: float,
+) -> tuple[Received, list[WsProtocol]]:
+    progress = Progress(label)
+    sink = Received()
+    sockets = await open_sockets(stack.base, sockets_count, sink, keep_seqs=True)
+    with stack.worker(concurrency=sockets_count + 8):
+        await stack.kind_registered("tick")
+        jobs = await stack.submit_many("tick", payload, sockets_count, progress)
+        watch_all(sockets, jobs)
+        total = sockets_count * expected
+        await until(
+            lambda: sink.events >= total,
+            timeout_s,
+            progress=progress,
+            fraction=lambda: sink.events / total,
+        )
+    progress.done()
+    await close_all(sockets)
+    return sink, sockets
+
+
+async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
+    # All jobs start together a moment after submission, once every socket watches.
+    payload = {"n": p.burst_events, "interval_ms": 0, "start_ns": time.time_ns() + 3_000_000_000}
+    expected = p.burst_events + 1
+    sink, sockets = await _run_ticks(
+        stack,
+        f"{result.mode}: burst",
+        sockets_count=p.burst_jobs,
+        payload=payload,
+        expected=expected,
+        timeout_s=300,
+    )
+    span_s = max(1e-9, (sink.last_ns - sink.first_ns) / 1e9)
+    lat = sink.latencies_ns
+    result.burst_latencies_ns = lat
+    result.burst = {
+        "jobs": p.burst_jobs,
+        "events_per_job": p.burst_events,
+        "delivered": sink.events,
+        "events_per_s": sink.events / span_s,
+        "p50_ms": percentile_ms(lat, 50),
+        "p95_ms": percentile_ms(lat, 95),
+        "p99_ms": percentile_ms(lat, 99),
+        "max_ms": max(lat) / 1e6 if lat else float("nan"),
+        **exactness(sockets, expected),
+    }
+
+
+async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
+    interval_ms = p.steady_sockets * 1000 / p.steady_rate
+    n = max(1, int(p.steady_seconds * 1000 / interval_ms))
+    payload = {"n": n, "interval_ms": interval_ms, "start_ns": time.time_ns() + 5_000_000_000}
+    sink, sockets = await _run_ticks(
+        stack,
+        f"{result.mode}: steady",
+        sockets_count=p.steady_sockets,
+        payload=payload,
+        expected=n + 1,
+        timeout_s=p.steady_seconds + 120,
+    )
+    lat = sink.latencies_ns
+    result.steady_latencies_ns = lat
+    result.steady = {
+        "sockets": p.steady_sockets,
+        "events_per_s": p.steady_rate,
+        "events": sink.events,
+        "p50_ms": percentile_ms(lat, 50),
+        "p95_ms": percentile_ms(lat, 95),
+        "p99_ms": percentile_ms(lat, 99),
+        "max_ms": max(lat) / 1e6 if lat else float("nan"),
+        **exactness(sockets, n + 1),
+    }
+
+
+def overnight(idle: dict[str, float]) -> dict[str, float]:
+    """Redis commands for one tab open 8 hours, from the idle phase's measured rate."""
+    return {"commands_one_tab_8h": idle["commands_per_socket_hour"] * 8}
