@@ -65,6 +65,20 @@ def is_terminal_frame(frame: bytes) -> bool:
     return frame.find(b'"type":"event","event":"data"', 0, _HEAD_MAX) < 0
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
 def watching(job: str) -> bytes:
     return encode({"type": "watching", "job": job})
 

@@ -71,7 +71,7 @@ async def idle_phase(stack: Stack, p: Params) -> dict[str, float]:
     sockets = await open_sockets(stack.base, p.idle_sockets, sink)
     watch_all(sockets, jobs)
     await until(lambda: sink.frames >= p.idle_sockets, 120)
-    await asyncio.sleep(1.0)  # the watches' initial catch-ups finish
+    await settled(stack)
     calls_0 = await command_calls(stack.client)
     _, cpu_0 = proc_stats(stack.gateway_pid)
     await sleep_with_progress(p.idle_seconds, progress)
@@ -90,6 +90,28 @@ async def idle_phase(stack: Stack, p: Params) -> dict[str, float]:
         "gateway_rss_mib": rss_1,
         "rss_kib_per_socket": max(0.0, rss_1 - rss_empty) * 1024 / p.idle_sockets,
         "cpu_s_per_socket_hour": (cpu_1 - cpu_0) / socket_hours,
+    }
+
+
+async def settled(stack: Stack, quiet_s: float = 2.0, timeout_s: float = 120.0) -> None:
+    """Wait until the gateway's Redis connections stop changing: every watch is in place
+    (in `xread` mode each one has opened its connection) and its catch-up is done."""
+    deadline = time.monotonic() + timeout_s
+    previous = -1
+    while time.monotonic() < deadline:
+        current = await connections_named(stack.client, "resultcast-gateway")
+        if current == previous:
+            return
+        previous = current
+        await asyncio.sleep(quiet_s)
+
+
+def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile_ms(latencies_ns, 50),
+        "p95_ms": percentile_ms(latencies_ns, 95),
+        "p99_ms": percentile_ms(latencies_ns, 99),
+        "max_ms": max(latencies_ns) / 1e6 if latencies_ns else float("nan"),
     }
 
 
@@ -152,10 +174,7 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "events_per_job": p.burst_events,
         "delivered": sink.events,
         "events_per_s": sink.events / span_s,
-        "p50_ms": percentile_ms(lat, 50),
-        "p95_ms": percentile_ms(lat, 95),
-        "p99_ms": percentile_ms(lat, 99),
-        "max_ms": max(lat) / 1e6 if lat else float("nan"),
+        **latency_figures(lat),
         **exactness(sockets, expected),
     }
 
@@ -178,10 +197,7 @@ async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "sockets": p.steady_sockets,
         "events_per_s": p.steady_rate,
         "events": sink.events,
-        "p50_ms": percentile_ms(lat, 50),
-        "p95_ms": percentile_ms(lat, 95),
-        "p99_ms": percentile_ms(lat, 99),
-        "max_ms": max(lat) / 1e6 if lat else float("nan"),
+        **latency_figures(lat),
         **exactness(sockets, n + 1),
     }
 

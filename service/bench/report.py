@@ -126,7 +126,8 @@ def write_chart(path: Path, results: list[ModeResult]) -> str | None:
     latency.set_ylabel("fraction of events")
     latency.set_title("Latency distribution")
     latency.grid(True, which="both", alpha=0.3)
-    latency.legend()
+    if latency.get_lines():
+        latency.legend()
     modes = [r.mode for r in results]
     costs = [r.idle.get("commands_per_socket_hour", 0.0) for r in results]
     bars = idle.bar(modes, [max(c, 0.01) for c in costs], color=["#2a7", "#c54"][: len(modes)])

@@ -249,3 +249,22 @@ class Hub:
                 if not watch.error_sent:
                     watch.error_sent = True
                     watch.watcher.watch_failed(job, error.code, error.message)
+
+
+class HubDelivery:
+    """The part of a `Delivery` that is the hub's: both modes route watches through one."""
+
+    hub: Hub
+
+    def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
+        self.hub.watch(job, watcher, after_seq)
+
+    def unwatch(self, job: str, watcher: Watcher) -> None:
+        self.hub.unwatch(job, watcher)
+
+    def drained(self, watcher: Watcher) -> None:
+        self.hub.drained(watcher)
+
+    @property
+    def watch_count(self) -> int:
+        return self.hub.watch_count

@@ -25,8 +25,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from service.config import Settings
-from service.delivery.base import Watcher
-from service.delivery.hub import Hub
+from service.delivery.hub import Hub, HubDelivery
 from service.keys import Keys
 from service.redis_client import RedisFactory, backoff_s
 from service.stats import GatewayStats
@@ -161,7 +160,7 @@ class PatternSubscriber:
         await self._client.aclose()
 
 
-class PubSubDelivery:
+class PubSubDelivery(HubDelivery):
     mode = "pubsub"
 
     def __init__(
@@ -192,16 +191,3 @@ class PubSubDelivery:
 
     def ready(self) -> bool:
         return self.subscriber.connected
-
-    def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
-        self.hub.watch(job, watcher, after_seq)
-
-    def unwatch(self, job: str, watcher: Watcher) -> None:
-        self.hub.unwatch(job, watcher)
-
-    def drained(self, watcher: Watcher) -> None:
-        self.hub.drained(watcher)
-
-    @property
-    def watch_count(self) -> int:
-        return self.hub.watch_count

@@ -21,8 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from service.config import Settings
-from service.delivery.base import Watcher
-from service.delivery.hub import Hub
+from service.delivery.hub import Hub, HubDelivery
 from service.keys import Keys
 from service.model import stream_id
 from service.redis_client import RedisFactory, backoff_s, map_redis_error
@@ -32,7 +31,7 @@ from service.streams import EventReader
 log = logging.getLogger(__name__)
 
 
-class XreadDelivery:
+class XreadDelivery(HubDelivery):
     mode = "xread"
 
     def __init__(
@@ -67,19 +66,6 @@ class XreadDelivery:
 
     def ready(self) -> bool:
         return True  # nothing of its own to be down; /readyz also checks Redis itself
-
-    def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
-        self.hub.watch(job, watcher, after_seq)
-
-    def unwatch(self, job: str, watcher: Watcher) -> None:
-        self.hub.unwatch(job, watcher)
-
-    def drained(self, watcher: Watcher) -> None:
-        self.hub.drained(watcher)
-
-    @property
-    def watch_count(self) -> int:
-        return self.hub.watch_count
 
     def _follow(self, job: str) -> None:
         self._loops[job] = asyncio.create_task(self._read_loop(job), name=f"xread-{job}")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import tokens
-from service.codec import encode, job_body
+from service.codec import encode, job_body, json_type
 from service.config import Settings
 from service.gateway.errors import HTTPFailure
 from service.handlers import BUILTIN_HANDLERS, BUILTIN_VALIDATORS, validate_count
@@ -40,7 +40,7 @@ class Intake:
             raise HTTPFailure(
                 400,
                 ErrorCode.BAD_REQUEST,
-                f"body must be a JSON object, got {_json_type(submission)}",
+                f"body must be a JSON object, got {json_type(submission)}",
             )
         kind = submission.get("kind")
         payload = submission.get("payload", {})
@@ -50,7 +50,7 @@ class Intake:
             raise HTTPFailure(
                 400,
                 ErrorCode.BAD_REQUEST,
-                f"field 'payload' must be a JSON object, got {_json_type(payload)}",
+                f"field 'payload' must be a JSON object, got {json_type(payload)}",
             )
         await self._check_kind(kind)
         problem = self._validate(kind, payload)
@@ -138,16 +138,3 @@ class Intake:
             return validate_count(payload, self.settings.max_events_per_job)
         validator = BUILTIN_VALIDATORS.get(kind)
         return validator(payload) if validator else None
-
-
-def _json_type(value: object) -> str:
-    names = {
-        dict: "object",
-        list: "array",
-        str: "string",
-        int: "number",
-        float: "number",
-        bool: "boolean",
-        type(None): "null",
-    }
-    return names.get(type(value), type(value).__name__)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from service.codec import json_type
 from service.model import JOB_ID_RE, seq_of_stream_id
 
 
@@ -39,23 +40,10 @@ class BadFrame(ValueError):
         self.job = job
 
 
-def _type(value: object) -> str:
-    names = {
-        dict: "object",
-        list: "array",
-        str: "string",
-        int: "number",
-        float: "number",
-        bool: "boolean",
-        type(None): "null",
-    }
-    return names.get(type(value), type(value).__name__)
-
-
 def _job(frame: dict[str, object]) -> str:
     job = frame.get("job")
     if not isinstance(job, str):
-        raise BadFrame(f"field 'job' must be a string, got {_type(job)}")
+        raise BadFrame(f"field 'job' must be a string, got {json_type(job)}")
     if JOB_ID_RE.fullmatch(job) is None:
         raise BadFrame("field 'job' must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
     return job
@@ -67,7 +55,7 @@ def parse(text: str) -> ClientOp:
     except orjson.JSONDecodeError as e:
         raise BadFrame(f"frame is not valid JSON: {e}") from e
     if not isinstance(frame, dict):
-        raise BadFrame(f"frame must be a JSON object, got {_type(frame)}")
+        raise BadFrame(f"frame must be a JSON object, got {json_type(frame)}")
     op = frame.get("op")
     if op == "ping":
         return PingOp()
@@ -77,13 +65,13 @@ def parse(text: str) -> ClientOp:
         job = _job(frame)
         token = frame.get("token")
         if not isinstance(token, str):
-            raise BadFrame(f"field 'token' must be a string, got {_type(token)}", job)
+            raise BadFrame(f"field 'token' must be a string, got {json_type(token)}", job)
         after = frame.get("after")
         if after is None:
             return WatchOp(job, token, 0)
         if not isinstance(after, str):
             raise BadFrame(
-                f"field 'after' must be a stream id string or null, got {_type(after)}", job
+                f"field 'after' must be a stream id string or null, got {json_type(after)}", job
             )
         try:
             return WatchOp(job, token, seq_of_stream_id(after))
@@ -91,4 +79,4 @@ def parse(text: str) -> ClientOp:
             raise BadFrame(f"field 'after': {e}", job) from e
     if isinstance(op, str):
         raise BadFrame(f"unknown op {op[:32]!r}; expected one of {', '.join(OPS)}")
-    raise BadFrame(f"field 'op' must be one of {', '.join(OPS)}, got {_type(op)}")
+    raise BadFrame(f"field 'op' must be one of {', '.join(OPS)}, got {json_type(op)}")
