@@ -1,0 +1,123 @@
+"""Redis faults while jobs stream to real clients: everything arrives exactly once, or the
+client is told `gone`, and the service recovers by itself. Both delivery modes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from service.config import Settings
+from service.keys import Keys
+from service.migrate import migrate
+from tests.conftest import make_settings
+from tests.processes import running_gateway, running_worker
+from tests.redis_servers import RedisServer
+from tests.ws_client import assert_exact, connect, submit
+
+KEYS = Keys()
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    base: str
+    settings: Settings
+    server: RedisServer
+    client: redis.Redis
+
+
+@pytest.fixture(params=["pubsub", "xread"])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    persistent = getattr(request, "node").get_closest_marker("no_persistence") is None
+    args = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
+    server = RedisServer(tmp_path / "redis", args=args)
+    server.start()
+    client = server.client()
+    await migrate(client, KEYS, report=lambda _: None)
+    settings = make_settings(server.url, delivery_mode=request.param, xread_block_ms=1000)
+    try:
+        async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
+            yield Stack(base, settings, server, client)
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+def only_outage_errors(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    errors = [f for f in frames if f["type"] == "error"]
+    assert all(e["code"] in ("busy", "unavailable", "capacity") for e in errors), errors
+    return [f for f in frames if f["type"] == "event"]
+
+
+async def test_redis_frozen_longer_than_the_socket_timeouts(stack: Stack) -> None:
+    jobs = [await submit(stack.base, "count", {"n": 40, "interval_ms": 50}) for _ in range(3)]
+    async with connect(stack.base) as ws:
+        for job, token in jobs:
+            await ws.watch(job, token)
+        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 90))
+        await asyncio.sleep(0.4)  # some events flow first
+        assert stack.server.process is not None
+        stack.server.process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3.0)  # longer than the 2 s socket timeout of the test settings
+        stack.server.process.send_signal(signal.SIGCONT)
+        got = await collector
+    for job, _ in jobs:
+        assert_exact(only_outage_errors(got[job]), job, 40)
+
+
+@pytest.mark.no_persistence
+async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> None:
+    jobs = [await submit(stack.base, "count", {"n": 200, "interval_ms": 50}) for _ in range(2)]
+    async with connect(stack.base) as ws:
+        for job, token in jobs:
+            await ws.watch(job, token)
+        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+        await asyncio.sleep(0.5)
+        stack.server.kill()
+        stack.server.start()  # no persistence: every job is gone
+        fresh = stack.server.client()
+        await migrate(fresh, KEYS, report=lambda _: None)
+        await fresh.aclose()
+        got = await collector
+        await ws.send({"op": "ping"})
+        assert (await ws.recv())["type"] == "pong"  # the socket itself is fine
+    for job, _ in jobs:
+        frames = got[job]
+        assert frames[-1]["type"] == "error" and frames[-1]["code"] == "gone", frames[-3:]
+        events = [f for f in frames if f["type"] == "event"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_script_cache_flushed_under_load(stack: Stack) -> None:
+    jobs = [await submit(stack.base, "count", {"n": 300, "interval_ms": 2}) for _ in range(4)]
+    async with connect(stack.base) as ws:
+        for job, token in jobs:
+            await ws.watch(job, token)
+        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+        while not collector.done():
+            await stack.client.script_flush()
+            await asyncio.sleep(0.05)
+        got = await collector
+    for job, _ in jobs:
+        assert_exact(only_outage_errors(got[job]), job, 300)
+
+
+async def test_subscriber_past_its_output_buffer_limit(stack: Stack) -> None:
+    if stack.settings.delivery_mode != "pubsub":
+        pytest.skip("only pubsub mode has a subscriber connection")
+    # A tiny pub/sub output buffer: bursts make Redis drop the subscriber, repeatedly.
+    await stack.client.config_set("client-output-buffer-limit", "pubsub 32kb 16kb 1")
+    jobs = [await submit(stack.base, "count", {"n": 400, "size": 200}) for _ in range(4)]
+    async with connect(stack.base) as ws:
+        for job, token in jobs:
+            await ws.watch(job, token)
+        got = await ws.events_until_terminal({j for j, _ in jobs}, 90)
+    for job, _ in jobs:
+        assert_exact(only_outage_errors(got[job]), job, 400)
