@@ -1,0 +1,117 @@
+"""Gateway processes killed under clients, and clients that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from service.config import Settings
+from tests.conftest import PYTHON, ROOT, service_env, wait_for
+from tests.processes import running_gateway, running_worker
+from tests.redis_servers import RedisServer, free_port
+from tests.ws_client import assert_exact, connect, submit
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def gateway_process(url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [PYTHON, "-m", "service", "gateway", "--port", str(port)],
+        env=service_env(url), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(20)
+
+
+async def ready(base: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            return (await http.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def test_a_killed_gateway_s_clients_resume_on_another(
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    port_a, port_b = free_port(), free_port()
+    base_a, base_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    async with running_worker(settings):
+        with gateway_process(redis_server.url, port_a) as gateway_a, gateway_process(
+            redis_server.url, port_b
+        ):
+            await wait_for(lambda: ready(base_a), what="gateway A")
+            await wait_for(lambda: ready(base_b), what="gateway B")
+            jobs = [await submit(base_a, "count", {"n": 40, "interval_ms": 40}) for _ in range(3)]
+            seen: dict[str, list[dict[str, Any]]] = {job: [] for job, _ in jobs}
+            async with connect(base_a) as ws:
+                for job, token in jobs:
+                    await ws.watch(job, token)
+                while sum(len(v) for v in seen.values()) < 10:
+                    frame = await ws.recv()
+                    if frame["type"] == "event":
+                        seen[frame["job"]].append(frame)
+                gateway_a.send_signal(signal.SIGKILL)
+                gateway_a.wait()
+            # Resume every job on gateway B from the last id seen on A.
+            async with connect(base_b) as ws:
+                for job, token in jobs:
+                    after = seen[job][-1]["id"] if seen[job] else None
+                    await ws.watch(job, token, after=after)
+                got = await ws.events_until_terminal({job for job, _ in jobs}, 60)
+            with gateway_process(redis_server.url, port_a):  # A comes back and serves again
+                await wait_for(lambda: ready(base_a), what="gateway A restarted")
+                job, token = jobs[0]
+                async with connect(base_a) as ws:
+                    await ws.watch(job, token)
+                    replay = await ws.events_until_terminal({job})
+    for job, _ in jobs:
+        events = seen[job] + [f for f in got[job] if f["type"] == "event"]
+        assert_exact(events, job, 40)
+    assert_exact(replay[jobs[0][0]][1:], jobs[0][0], 40)
+
+
+async def test_misbehaving_clients_do_not_affect_others(settings: Settings, migrated: redis.Redis) -> None:
+    async with running_worker(settings), running_gateway(settings) as base:
+        job, token = await submit(base, "count", {"n": 60, "interval_ms": 20})
+        async with connect(base) as greedy, connect(base) as noisy, connect(base) as good:
+            await good.watch(job, token)
+            # One client asks for 1,000 watches: 100 are accepted, the rest refused.
+            for _ in range(1000):
+                await greedy.watch(job, token + "x")  # unauthorized: refused before the limit
+            ghosts = [await submit(base, "sleep", {"seconds": 30}) for _ in range(101)]
+            for ghost, ghost_token in ghosts:
+                await greedy.watch(ghost, ghost_token)
+
+            # Another sends frames as fast as it can: pings, each answered.
+            async def flood() -> int:
+                for _ in range(10_000):
+                    await noisy.send({"op": "ping"})
+                pongs = 0
+                while pongs < 10_000:
+                    if (await noisy.recv())["type"] == "pong":
+                        pongs += 1
+                return pongs
+
+            flooding = asyncio.create_task(flood())
+            got = await good.events_until_terminal({job}, 60)
+            assert await flooding == 10_000
+            replies = [await greedy.recv() for _ in range(1000 + 101)]
+    assert_exact(got[job][1:], job, 60)
+    codes = [r.get("code") for r in replies]
+    assert codes.count("unauthorized") == 1000
+    assert codes.count("too_many_watches") == 1
+    assert sum(1 for r in replies if r["type"] == "watching") == 100
