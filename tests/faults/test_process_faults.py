@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 def gateway_process(url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [PYTHON, "-m", "service", "gateway", "--port", str(port)],
-        env=service_env(url), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=service_env(url),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield process
@@ -50,8 +53,9 @@ async def test_a_killed_gateway_s_clients_resume_on_another(
     port_a, port_b = free_port(), free_port()
     base_a, base_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     async with running_worker(settings):
-        with gateway_process(redis_server.url, port_a) as gateway_a, gateway_process(
-            redis_server.url, port_b
+        with (
+            gateway_process(redis_server.url, port_a) as gateway_a,
+            gateway_process(redis_server.url, port_b),
         ):
             await wait_for(lambda: ready(base_a), what="gateway A")
             await wait_for(lambda: ready(base_b), what="gateway B")
@@ -84,7 +88,9 @@ async def test_a_killed_gateway_s_clients_resume_on_another(
     assert_exact(replay[jobs[0][0]][1:], jobs[0][0], 40)
 
 
-async def test_misbehaving_clients_do_not_affect_others(settings: Settings, migrated: redis.Redis) -> None:
+async def test_misbehaving_clients_do_not_affect_others(
+    settings: Settings, migrated: redis.Redis
+) -> None:
     async with running_worker(settings), running_gateway(settings) as base:
         job, token = await submit(base, "count", {"n": 60, "interval_ms": 20})
         async with connect(base) as greedy, connect(base) as noisy, connect(base) as good:

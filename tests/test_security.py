@@ -1,0 +1,159 @@
+"""TLS with certificate verification, Redis ACL users, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.keys import Keys
+from service.migrate import migrate
+from service.model import RedisUnavailable
+from service.redis_client import RedisFactory, redis_errors
+from tests.conftest import make_settings
+from tests.processes import running_gateway, running_worker
+from tests.redis_servers import RedisServer, free_port
+from tests.ws_client import assert_exact, connect, submit
+
+KEYS = Keys()
+PASSWORD = "s3cret-Pa55word"
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A private CA and a server certificate for localhost, made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: directory / name
+        for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "ext.cnf")
+    }
+    paths["ext.cnf"].write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(paths["ca.key"]),
+        "-out",
+        str(paths["ca.crt"]),
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        str(paths["server.key"]),
+        "-out",
+        str(paths["server.csr"]),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(paths["server.csr"]),
+        "-CA",
+        str(paths["ca.crt"]),
+        "-CAkey",
+        str(paths["ca.key"]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(paths["ext.cnf"]),
+        "-out",
+        str(paths["server.crt"]),
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
+    certs = make_certificates(tmp_path / "certs")
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path / "redis",
+        args=(
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(certs["server.crt"]),
+            "--tls-key-file",
+            str(certs["server.key"]),
+            "--tls-ca-cert-file",
+            str(certs["ca.crt"]),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "app",
+            "on",
+            f">{PASSWORD}",
+            "~*",
+            "&*",
+            "+@all",
+        ),
+    )
+    server.start()
+    try:
+        yield server, tls_port, certs["ca.crt"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+async def test_the_stack_runs_over_tls_as_an_acl_user(
+    tls_redis: tuple[RedisServer, int, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, tls_port, ca = tls_redis
+    url = f"rediss://app:{PASSWORD}@localhost:{tls_port}/0?ssl_ca_certs={ca}"
+    settings = make_settings(url)
+    caplog.set_level(logging.DEBUG)
+    client = RedisFactory(settings, "migrate").commands()
+    await migrate(client, KEYS, report=lambda _: None)
+    await client.aclose()
+    async with running_worker(settings), running_gateway(settings) as base:
+        job, token = await submit(base, "count", {"n": 5})
+        async with connect(base) as ws:
+            await ws.watch(job, token)
+            got = await ws.events_until_terminal({job})
+    assert_exact(got[job][1:], job, 5)
+    assert PASSWORD not in caplog.text
+    assert token not in caplog.text
+
+
+async def test_certificates_are_verified_and_passwords_never_logged(
+    tls_redis: tuple[RedisServer, int, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, tls_port, _ = tls_redis
+    caplog.set_level(logging.DEBUG)
+    # No CA given: the server's certificate cannot be verified, so no connection is made.
+    unverified = make_settings(f"rediss://app:{PASSWORD}@localhost:{tls_port}/0")
+    client = RedisFactory(unverified, "gateway").commands()
+    with pytest.raises(RedisUnavailable), redis_errors("ping"):
+        await client.ping()
+    await client.aclose()
+    assert "certificate verify failed" in caplog.text.lower()
+    # A wrong password is refused, and neither password shows up anywhere in the logs.
+    wrong = make_settings(f"redis://app:not-{PASSWORD}@127.0.0.1:{tls_redis[0].port}/0")
+    client = RedisFactory(wrong, "gateway").commands()
+    with pytest.raises(Exception, match="(?i)invalid|WRONGPASS|auth"):
+        await client.ping()
+    await client.aclose()
+    assert PASSWORD not in caplog.text
