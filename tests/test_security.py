@@ -153,7 +153,7 @@ async def test_certificates_are_verified_and_passwords_never_logged(
     # A wrong password is refused, and neither password shows up anywhere in the logs.
     wrong = make_settings(f"redis://app:not-{PASSWORD}@127.0.0.1:{tls_redis[0].port}/0")
     client = RedisFactory(wrong, "gateway").commands()
-    with pytest.raises(Exception, match="(?i)invalid|WRONGPASS|auth"):
+    with pytest.raises(Exception, match=r"(?i)invalid|WRONGPASS|auth"):
         await client.ping()
     await client.aclose()
     assert PASSWORD not in caplog.text

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -126,6 +127,11 @@ def create_app(settings: Settings) -> GatewayApp:
     async def readyz(request: Request) -> Response:
         return await gateway().health.readyz(request)
 
+    demo_page = files("service.gateway").joinpath("static/index.html").read_bytes()
+
+    async def index(_request: Request) -> Response:
+        return Response(demo_page, media_type="text/html; charset=utf-8")
+
     async def metrics(_request: Request) -> Response:
         return Response(render(gateway().metrics), media_type=CONTENT_TYPE)
 
@@ -156,6 +162,7 @@ def create_app(settings: Settings) -> GatewayApp:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={

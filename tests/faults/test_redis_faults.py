@@ -35,7 +35,7 @@ class Stack:
 
 @pytest.fixture(params=["pubsub", "xread"])
 async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
-    persistent = getattr(request, "node").get_closest_marker("no_persistence") is None
+    persistent = request.node.get_closest_marker("no_persistence") is None
     args = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
     server = RedisServer(tmp_path / "redis", args=args)
     server.start()

@@ -158,3 +158,10 @@ async def test_health_and_unknown_routes(
     await wait_for(not_ready, what="/readyz to turn 503")
     assert (await http.get("/healthz")).status_code == 200
     assert_error(await http.post("/jobs", json={"kind": "echo"}), 503, "unavailable")
+
+
+async def test_the_demo_page_is_served(http: httpx.AsyncClient) -> None:
+    page = await http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/ws" in page.text and "/jobs" in page.text
