@@ -34,6 +34,16 @@ def redis_families(
     for purpose, held in sorted(factory.connections_held().items()):
         connections.add_metric([role, purpose], held)
     yield connections
+    yield GaugeMetricFamily(
+        "resultcast_redis_circuit_state",
+        "The Redis circuit breaker: 0 closed, 1 open (failing fast), 2 half-open (probing)",
+        value=int(factory.breaker.state),
+    )
+    yield CounterMetricFamily(
+        "resultcast_redis_circuit_opened",
+        "Times the Redis circuit opened",
+        value=factory.breaker.opened,
+    )
 
 
 @dataclass(eq=False)

@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from service.breaker import BreakerState, CircuitBreaker
 from service.config import Settings
 from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable, ServiceError
 
@@ -102,6 +103,7 @@ class RedisFactory:
     role: Role
     counter: CommandCounter = field(default_factory=CommandCounter)
     concurrency: int = 1
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     # Every connection object created, by purpose, for the "connections held" metric.
     connections: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
 
@@ -199,18 +201,36 @@ def map_redis_error(error: BaseException) -> ServiceError | None:
 
 
 @contextmanager
-def redis_errors(operation: str) -> Iterator[None]:
-    """Turn Redis failures inside the block into `ServiceError`s, logging one line each."""
+def redis_errors(operation: str, breaker: CircuitBreaker | None = None) -> Iterator[None]:
+    """Turn Redis failures inside the block into `ServiceError`s, logging one line each.
+
+    With a breaker, an open circuit fails the block at once, and the block's outcome is
+    reported to the breaker: a Redis that answered (even with an error reply) is up.
+    """
+    if breaker is not None and not breaker.allow():
+        raise RedisUnavailable(UNAVAILABLE_MESSAGE)
     try:
         yield
     except ServiceError:
         raise
     except Exception as e:
         mapped = map_redis_error(e)
+        if breaker is not None:
+            if mapped is None:
+                breaker.success()  # Redis answered, if only with an error reply
+            else:
+                breaker.failure()
         if mapped is None:
             raise
         log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
         raise mapped from e
+    except BaseException:
+        if breaker is not None and breaker.state is BreakerState.HALF_OPEN:
+            breaker.failure()  # a cancelled probe proves nothing; try again later
+        raise
+    else:
+        if breaker is not None:
+            breaker.success()
 
 
 def is_transient(error: BaseException) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from service.breaker import CircuitBreaker
 from service.keys import Keys
 from service.model import JobStatus, new_job_id, stream_id
 from service.redis_client import redis_errors, retrying
@@ -50,16 +51,24 @@ class JobSnapshot:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, keys: Keys, *, result_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        result_ttl_s: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self._ttl_ms = result_ttl_s * 1000
+        self._breaker = breaker
 
     async def submit(self, kind: str, payload: bytes) -> str:
         """Create a job and queue it for the workers; returns its id."""
         job = new_job_id()
         now = time.time_ns() // 1_000_000
-        with redis_errors("submit"):
+        with redis_errors("submit", self._breaker):
             await retrying(
                 lambda: CREATE_JOB(self._client, [self._keys.meta(job)], [kind, now, self._ttl_ms])
             )
@@ -67,7 +76,7 @@ class JobStore:
         return job
 
     async def meta(self, job: str) -> JobMeta | None:
-        with redis_errors("read job"):
+        with redis_errors("read job", self._breaker):
             raw: Any = await retrying(lambda: self._client.hgetall(self._keys.meta(job)))
         return JobMeta.from_hash(raw) if raw else None
 
@@ -80,7 +89,7 @@ class JobStore:
             pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=limit)
             return list(await pipe.execute())
 
-        with redis_errors("read job"):
+        with redis_errors("read job", self._breaker):
             raw_meta, entries = await retrying(read)
         if not raw_meta:
             return None
@@ -88,7 +97,7 @@ class JobStore:
 
     async def registered_kinds(self) -> set[str]:
         """Kinds that some worker has registered (built-in kinds are always known)."""
-        with redis_errors("read kinds"):
+        with redis_errors("read kinds", self._breaker):
             names = await retrying(lambda: self._client.hkeys(self._keys.kinds))
         return {name.decode() if isinstance(name, bytes) else name for name in names}
 
@@ -106,9 +115,12 @@ class Page:
 class EventReader:
     """Reads pages of events for many jobs in one pipelined round trip (catch-up)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, breaker: CircuitBreaker | None = None
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._breaker = breaker
 
     async def pages(self, positions: list[tuple[str, int]], count: int) -> list[Page]:
         async def read() -> list[Any]:
@@ -118,7 +130,7 @@ class EventReader:
                 pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=count)
             return list(await pipe.execute())
 
-        with redis_errors("catch-up read"):
+        with redis_errors("catch-up read", self._breaker):
             replies = await retrying(read, attempts=2)
         pages = []
         for index, (job, _) in enumerate(positions):

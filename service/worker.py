@@ -237,7 +237,7 @@ class Worker:
 
     async def _execute(self, running: _Running, fields: dict[bytes, bytes]) -> None:
         job, kind = running.job, fields.get(b"kind", b"").decode()
-        with redis_errors("start job"):
+        with redis_errors("start job", self.factory.breaker):
             attempts, last_seq, status = await retrying(
                 lambda: START_JOB(self.client, [self.keys.meta(job)], [now_ms()])
             )

@@ -168,7 +168,7 @@ class PubSubDelivery(HubDelivery):
     ) -> None:
         keys = Keys(settings.key_prefix)
         self.hub = Hub(
-            EventReader(commands, keys),
+            EventReader(commands, keys, factory.breaker),
             stats,
             page_size=settings.catch_up_page_size,
             high_water_bytes=settings.max_send_queue_bytes // 2,

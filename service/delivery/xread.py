@@ -43,7 +43,7 @@ class XreadDelivery(HubDelivery):
             settings.xread_block_ms, max_connections=settings.xread_max_connections, wait=False
         )
         self.hub = Hub(
-            EventReader(commands, self._keys),
+            EventReader(commands, self._keys, factory.breaker),
             stats,
             page_size=settings.catch_up_page_size,
             high_water_bytes=settings.max_send_queue_bytes // 2,

@@ -82,8 +82,13 @@ def create_app(settings: Settings) -> GatewayApp:
         delivery = create_delivery(settings, factory, client, stats)
         try:
             await require_layout(client, keys)
-            store = JobStore(client, keys, result_ttl_s=settings.result_ttl_s)
+            store = JobStore(
+                client, keys, result_ttl_s=settings.result_ttl_s, breaker=factory.breaker
+            )
             health = Health(client)
+            health.extra_checks.append(
+                ("Redis (circuit open)", lambda: not factory.breaker.is_open)
+            )
             health.extra_checks.append((f"{delivery.mode} delivery", delivery.ready))
             intake = Intake(settings, store)
             collector = GatewayCollector(
