@@ -177,4 +177,6 @@ def create_app(settings: Settings) -> GatewayApp:
             Exception: on_unexpected,
         },
     )
+    # No 307 to the slash-less path: every answer keeps the contract's error shape.
+    http.router.redirect_slashes = False
     return GatewayApp(http, WebSocketEndpoint(gateway), sessions)
