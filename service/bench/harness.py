@@ -206,16 +206,19 @@ async def running_stack(
             REDIS_URL=redis_url,
             SECRET_KEY=secrets.token_hex(16),
             DELIVERY_MODE=mode,
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             **(extra_env or {}),
         )
         base = f"http://127.0.0.1:{port}"
-        gateway = spawn(
-            [sys.executable, "-m", "service", "gateway", "--port", str(port)],
-            env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # BENCH_GATEWAY_LOG=path keeps the gateway's log (at BENCH_LOG_LEVEL) for a closer look.
+        log_path = os.environ.get("BENCH_GATEWAY_LOG")
+        with open(log_path or os.devnull, "ab") as log_file:  # noqa: ASYNC230 - once, at start
+            gateway = spawn(
+                [sys.executable, "-m", "service", "gateway", "--port", str(port)],
+                env,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         try:
             await _wait_ready(base, gateway)
             yield Stack(base, redis_url, client, env, gateway.pid)

@@ -1,0 +1,152 @@
+"""Soak and recovery: memory and Redis commands over a long idle period, then a Redis restart.
+
+    python -m benchmarks.soak [--sockets 2000] [--minutes 60] [--sample-s 30] [--mode pubsub]
+
+Idle phase: --sockets sockets watch silent jobs for --minutes; every --sample-s it prints the
+gateway's RSS and the Redis commands executed since the start (INFO commandstats, all
+clients). Memory should stay flat and commands at zero (pubsub) or at the block rate (xread).
+
+Recovery phase: Redis (with its append-only file) is killed and restarted; once it answers,
+every watched job gets one event written. Reported: the time from Redis answering again until
+every socket has received its event, and whether each got it exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as redis
+
+from service.bench.harness import (
+    KEYS,
+    close_all,
+    command_calls,
+    proc_stats,
+    running_stack,
+    until,
+    watch_all,
+)
+from service.bench.wsload import Received, WsProtocol, open_sockets
+from service.dev import free_port, spawn, stop
+
+
+def start_durable_redis(data: Path, port: int) -> subprocess.Popen[bytes]:
+    process = spawn(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--logfile",
+            "redis.log",
+        ]
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")
+
+
+async def recovery(
+    redis_process: subprocess.Popen[bytes],
+    *,
+    data: Path,
+    port: int,
+    jobs: list[tuple[str, str]],
+    sink: Received,
+    sockets: list[WsProtocol],
+) -> subprocess.Popen[bytes]:
+    """Kill Redis, bring it back, write one event per job; time until every socket has it."""
+    redis_process.kill()
+    redis_process.wait()
+    redis_process = start_durable_redis(data, port)
+    back = time.perf_counter()
+    before = sink.events
+    fresh = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0", protocol=2)
+    pipe = fresh.pipeline(transaction=False)
+    for job, _ in jobs:
+        frame = (
+            f'{{"seq":1,"job":"{job}","id":"1-0","type":"event","event":"data",'
+            f'"ts":{time.time_ns() // 1_000_000},"data":{{"after":"restart"}}}}'
+        )
+        pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
+        pipe.hset(KEYS.meta(job), "seq", 1)
+        pipe.publish(KEYS.channel(job), frame)
+    await pipe.execute()
+    await fresh.aclose()
+    await until(lambda: sink.events - before >= len(sockets), 120, step_s=0.005)
+    recovery_s = time.perf_counter() - back
+    exact = all(list(ws.seqs.values()) == [[1]] for ws in sockets)
+    print(
+        f"recovery: every socket had its event {recovery_s:.2f} s after Redis "
+        f"answered again; exactly once: {exact}",
+        flush=True,
+    )
+    return redis_process
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description="resultcast soak and recovery")
+    parser.add_argument("--sockets", type=int, default=2000)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--sample-s", type=float, default=30.0)
+    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with tempfile.TemporaryDirectory(prefix="resultcast-soak-") as tmp:
+        port = free_port()
+        redis_process = start_durable_redis(Path(tmp), port)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            async with running_stack(url, args.mode) as stack:
+                jobs = await stack.submit_many("echo", {}, args.sockets)  # no worker: silent
+                sink = Received()
+                sockets = await open_sockets(stack.base, args.sockets, sink, keep_seqs=True)
+                watch_all(sockets, jobs)
+                await until(lambda: sink.frames >= args.sockets, 120)
+                await asyncio.sleep(2.0)
+                calls_0 = await command_calls(stack.client)
+                started = time.monotonic()
+                print(f"{'minute':>7} {'rss MiB':>9} {'commands':>9}", flush=True)
+                while (elapsed := time.monotonic() - started) < args.minutes * 60:
+                    rss, _ = proc_stats(stack.gateway_pid)
+                    calls = await command_calls(stack.client) - calls_0
+                    print(f"{elapsed / 60:>7.1f} {rss:>9.1f} {calls:>9}", flush=True)
+                    await asyncio.sleep(min(args.sample_s, args.minutes * 60 - elapsed))
+                rss, _ = proc_stats(stack.gateway_pid)
+                calls = await command_calls(stack.client) - calls_0
+                print(f"{args.minutes:>7.1f} {rss:>9.1f} {calls:>9}", flush=True)
+
+                redis_process = await recovery(
+                    redis_process, data=Path(tmp), port=port, jobs=jobs, sink=sink, sockets=sockets
+                )
+                await close_all(sockets)
+        finally:
+            stop(redis_process)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
