@@ -2,7 +2,8 @@
 
     python -m benchmarks.soak [--sockets 2000] [--minutes 60] [--sample-s 30] [--mode pubsub]
 
-Idle phase: --sockets sockets watch silent jobs for --minutes; every --sample-s it prints the
+Idle phase: --sockets sockets watch silent jobs for --minutes (the gateway's IDLE_TIMEOUT_S is
+raised past the soak, as for tabs that stay open); every --sample-s it prints the
 gateway's RSS and the Redis commands executed since the start (INFO commandstats, all
 clients). Memory should stay flat and commands at zero (pubsub) or at the block rate (xread).
 
@@ -121,7 +122,9 @@ async def main() -> None:
         redis_process = start_durable_redis(Path(tmp), port)
         url = f"redis://127.0.0.1:{port}/0"
         try:
-            async with running_stack(url, args.mode) as stack:
+            async with running_stack(
+                url, args.mode, {"IDLE_TIMEOUT_S": str(args.minutes * 60 + 600)}
+            ) as stack:
                 jobs = await stack.submit_many("echo", {}, args.sockets)  # no worker: silent
                 sink = Received()
                 sockets = await open_sockets(stack.base, args.sockets, sink, keep_seqs=True)
