@@ -20,10 +20,6 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def redact(text: str) -> str:
-    return _TOKEN_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
-
-
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -25,9 +25,6 @@ class EventKind(StrEnum):
     FAILED = "failed"
 
 
-TERMINAL_EVENTS: Final = frozenset({EventKind.DONE, EventKind.FAILED})
-
-
 class ErrorCode(StrEnum):
     """The `code` of a WebSocket `error` frame and of an HTTP error body."""
 
@@ -86,6 +83,3 @@ class RedisAtCapacity(ServiceError):
 
 class RedisUnavailable(ServiceError):
     code = ErrorCode.UNAVAILABLE
-
-
-REDIS_ERRORS: Final = (RedisBusy, RedisAtCapacity, RedisUnavailable)

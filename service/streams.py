@@ -75,11 +75,6 @@ class JobStore:
             await self._client.xadd(self._keys.jobs, {"job": job, "kind": kind, "payload": payload})
         return job
 
-    async def meta(self, job: str) -> JobMeta | None:
-        with redis_errors("read job", self._breaker):
-            raw: Any = await retrying(lambda: self._client.hgetall(self._keys.meta(job)))
-        return JobMeta.from_hash(raw) if raw else None
-
     async def snapshot(self, job: str, after_seq: int, limit: int) -> JobSnapshot | None:
         """The job's meta and up to `limit` events after `after_seq`; None if it is unknown."""
 

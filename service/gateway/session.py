@@ -40,7 +40,6 @@ Send = Callable[[Message], Awaitable[None]]
 CLOSE_IDLE = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
 BAD_FRAME_WINDOW_S = 60.0
 # Timing every send costs a fifth of the gateway's throughput; one in eight shows the same
