@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,39 +34,12 @@ from service.bench.harness import (
     watch_all,
 )
 from service.bench.wsload import Received, WsProtocol, open_sockets
-from service.dev import free_port, spawn, stop
+from service.dev import free_port, start_redis, stop
 
 
 def start_durable_redis(data: Path, port: int) -> subprocess.Popen[bytes]:
-    process = spawn(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--logfile",
-            "redis.log",
-        ]
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return process
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("redis-server did not start")
+    """Redis that keeps every write across SIGKILL (fsync always), on a fixed port."""
+    return start_redis(data, port, ("--appendfsync", "always"))[0]
 
 
 async def recovery(

@@ -63,7 +63,10 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) ->
         process.wait()
 
 
-def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(
+    data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server (append-only file in `data_dir`); returns it and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit(
@@ -71,7 +74,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             "redis-server`; macOS: `brew install redis`) or set REDIS_URL to a running Redis."
         )
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = spawn(
         [
             binary,
@@ -87,6 +90,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             "",
             "--logfile",
             "redis.log",
+            *extra_args,
         ]
     )
     deadline = time.monotonic() + 10

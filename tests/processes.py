@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 from service.config import Settings
@@ -50,22 +51,22 @@ async def running_gateway(settings: Settings) -> AsyncIterator[str]:
 @contextlib.contextmanager
 def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m service <args>` as a child; stopped by PID at the end."""
-    process = subprocess.Popen(
-        [PYTHON, "-m", "service", *args],
-        env=service_env(url, **env),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stderr:
-            process.stderr.close()
+    # A file, not a pipe: a pipe nobody reads could fill up and block the child.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "service", *args],
+            env=service_env(url, **env),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

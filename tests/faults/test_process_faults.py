@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -14,29 +13,16 @@ import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
-from tests.conftest import PYTHON, ROOT, service_env, wait_for
-from tests.processes import running_gateway, running_worker
+from tests.conftest import wait_for
+from tests.processes import running_gateway, running_worker, service_process
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact, connect, submit
 
 pytestmark = pytest.mark.slow
 
 
-@contextmanager
-def gateway_process(url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [PYTHON, "-m", "service", "gateway", "--port", str(port)],
-        env=service_env(url),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(20)
+def gateway_process(url: str, port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return service_process(url, "gateway", "--port", str(port))
 
 
 async def ready(base: str) -> bool:
