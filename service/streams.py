@@ -105,6 +105,7 @@ class Page:
     exists: bool
     last_seq: int
     frames: list[bytes]
+    finished: bool = False  # the job has its terminal event (at `last_seq`)
 
 
 class EventReader:
@@ -121,7 +122,7 @@ class EventReader:
         async def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for job, after_seq in positions:
-                pipe.hget(self._keys.meta(job), "seq")
+                pipe.hmget(self._keys.meta(job), ["seq", "status"])
                 pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=count)
             return list(await pipe.execute())
 
@@ -129,7 +130,8 @@ class EventReader:
             replies = await retrying(read, attempts=2)
         pages = []
         for index, (job, _) in enumerate(positions):
-            seq, entries = replies[2 * index], replies[2 * index + 1]
+            (seq, status), entries = replies[2 * index], replies[2 * index + 1]
             frames = [fields[b"f"] for _, fields in entries]
-            pages.append(Page(job, seq is not None, int(seq or 0), frames))
+            finished = status in (b"done", b"failed")
+            pages.append(Page(job, status is not None, int(seq or 0), frames, finished))
         return pages

@@ -10,7 +10,8 @@ Guarantees every implementation gives, per watch:
   `after + 1, after + 2, ...` each once, whatever happens to Redis connections in between,
   as long as the events are within the result TTL.
 - A terminal event (`done`, `failed`) is the last thing delivered; the watch then ends by
-  itself (`Watcher.watch_ended`).
+  itself (`Watcher.watch_ended`). A watch that starts after the terminal event gets
+  `unwatched` at once (`Watcher.watch_finished`): nothing will ever follow.
 - When the position cannot be served in full (the job expired, or its stream ends before
   `after`), the watcher gets `gone` and the watch ends; never a partial replay.
 - Redis trouble reaches the watcher as one `busy`/`capacity`/`unavailable` error per outage;
@@ -36,6 +37,9 @@ class Watcher(Hashable, Protocol):
 
     def watch_ended(self, job: str) -> None:
         """The watch is over (terminal event delivered, or `gone`); forget the job."""
+
+    def watch_finished(self, job: str) -> None:
+        """The watch began after the job's terminal event: tell the client nothing follows."""
 
     @property
     def backlog_bytes(self) -> int:

@@ -237,6 +237,12 @@ class Hub:
             if not watches:
                 break
             self._offer(job, watches, frame, seq_of_frame(frame))
+        if page.finished and not page.frames:
+            # Watched from after the terminal event: nothing will ever come; say so and end.
+            for watcher, watch in list(self.feeds.get(job, {}).items()):
+                if sent.get(watcher, -1) >= page.last_seq:
+                    self._end(job, watch)
+                    watcher.watch_finished(job)
         more = len(page.frames) >= self._page_size
         if job in self._dirty or more:
             self._dirty.discard(job)

@@ -123,6 +123,9 @@ class Session:
     def watch_ended(self, job: str) -> None:
         self.watching.discard(job)
 
+    def watch_finished(self, job: str) -> None:
+        self._reply(codec.unwatched(job))
+
     @property
     def backlog_bytes(self) -> int:
         return self._backlog

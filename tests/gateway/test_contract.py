@@ -110,6 +110,10 @@ async def test_a_finished_job_replays_to_its_end_and_the_watch_ends(stack: Stack
         # The watch ended by itself: unwatching it now is an error.
         await ws.send({"op": "unwatch", "job": job})
         assert (await ws.recv())["code"] == "not_found"
+        # Watching from the terminal event on: nothing can follow, and the client is told so.
+        await ws.watch(job, token, after=got[job][-1]["id"])
+        assert await ws.recv() == {"type": "watching", "job": job}
+        assert await ws.recv() == {"type": "unwatched", "job": job}
 
 
 async def test_a_forged_token_is_unauthorized_and_gets_nothing(stack: Stack) -> None:
