@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from service.config import Settings
 from service.handlers import Handler, Job, JobFailed
 from service.keys import WORKERS_GROUP, Keys
 from service.maintenance import run_maintenance, sample_queue
 from service.metrics import QueueDepth, WorkerCollector
-from service.migrate import require_layout
+from service.migrate import migrate, require_layout
 from service.model import EventKind, JobStatus
 from service.publisher import EmitError, Emitter, JobLost, JobWriter, TooManyEvents, now_ms
 from service.redis_client import RedisFactory, backoff_s, redis_errors, retrying
@@ -163,10 +164,26 @@ class Worker:
             except Exception as e:
                 attempt += 1
                 log.warning("taking jobs failed (attempt %d): %s: %s", attempt, type(e).__name__, e)
+                if isinstance(e, ResponseError) and str(e).startswith("NOGROUP"):
+                    await self._restore_layout()
                 await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=5.0))
                 continue
             for entry_id, fields in entries:
                 self._start(entry_id.decode(), fields)
+
+    async def _restore_layout(self) -> None:
+        """The consumer group is gone: Redis lost its data (restarted empty, or a failover to
+        an empty replica). Migrations are idempotent and locked, so re-apply them rather than
+        wait for an operator; jobs submitted from now on run again."""
+        log.error(
+            "the jobs stream's consumer group is missing (Redis lost its data?); "
+            "re-applying the migrations"
+        )
+        try:
+            await migrate(self.client, self.keys, report=log.info)
+            await self._register_kinds()
+        except Exception as e:
+            log.error("could not restore the Redis layout: %s: %s", type(e).__name__, e)
 
     async def _free_slots(self) -> int:
         while len(self.running) >= self.concurrency:
