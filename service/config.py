@@ -105,6 +105,8 @@ class Settings:
     maintenance_lease_s: float = _env("MAINTENANCE_LEASE_S", _float)
     worker_stop_grace_s: float = _env("WORKER_STOP_GRACE_S", _float)
     worker_metrics_port: int = _env("WORKER_METRICS_PORT", _int)
+    # A worker whose events cannot be written for this long stops taking new jobs.
+    worker_pause_after_s: float = _env("WORKER_PAUSE_AFTER_S", _float)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -220,4 +222,5 @@ DEFAULTS: dict[str, Any] = {
     "maintenance_lease_s": 15.0,
     "worker_stop_grace_s": 10.0,
     "worker_metrics_port": 0,
+    "worker_pause_after_s": 15.0,
 }

@@ -142,6 +142,7 @@ class WorkerCollector(Collector):
     emit_round_trips: Callable[[], int]
     running: Callable[[], int]
     queue: Callable[[], QueueDepth | None]
+    intake_paused: Callable[[], bool]
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield from redis_families(self.factory, "worker")
@@ -163,6 +164,11 @@ class WorkerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "resultcast_jobs_running", "Jobs running here", value=self.running()
+        )
+        yield GaugeMetricFamily(
+            "resultcast_intake_paused",
+            "1 while this worker takes no new jobs because its events cannot be written",
+            value=1 if self.intake_paused() else 0,
         )
         depth = self.queue()
         if depth is None:

@@ -143,6 +143,8 @@ class Emitter:
         self.round_trips = 0
         self.events_written = 0
         self.failing_since: float | None = None
+        self.writable = asyncio.Event()  # cleared while writes fail
+        self.writable.set()
 
     def writer(self, job: str, last_seq: int) -> JobWriter:
         return JobWriter(job, self, last_seq=last_seq, durable_seq=last_seq)
@@ -154,6 +156,10 @@ class Emitter:
         self._queue.append(item)
         self._idle.clear()
         self._wake.set()
+
+    def failing_for_s(self) -> float:
+        """How long writes have been failing (0 while they succeed)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     @property
     def queued(self) -> int:
@@ -201,6 +207,7 @@ class Emitter:
                 attempt += 1
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
+                    self.writable.clear()
                     log.warning(
                         "redis unreachable while emitting, keeping %d events and retrying: %s: %s",
                         len(batch),
@@ -215,6 +222,7 @@ class Emitter:
                     time.monotonic() - self.failing_since,
                 )
                 self.failing_since = None
+                self.writable.set()
             pending = self._settle(pending, results)
 
     async def _send(self, calls: list[tuple[JobWriter, list[Any], bool]]) -> list[Any]:

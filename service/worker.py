@@ -74,6 +74,7 @@ class Worker:
         self.jobs_done = 0
         self.jobs_finished: Counter[str] = Counter()
         self.queue_depth: QueueDepth | None = None
+        self.intake_paused = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then shut down gracefully."""
@@ -135,6 +136,7 @@ class Worker:
             emit_round_trips=lambda: self.emitter.round_trips,
             running=lambda: len(self.running),
             queue=self.sampled_queue,
+            intake_paused=lambda: self.intake_paused,
         )
 
     async def _register_kinds(self) -> None:
@@ -153,6 +155,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             free = await self._free_slots()
+            await self._pause_while_unwritable()
             try:
                 entries: list[Any] = []
                 if loop.time() >= next_claim:
@@ -170,6 +173,21 @@ class Worker:
                 continue
             for entry_id, fields in entries:
                 self._start(entry_id.decode(), fields)
+
+    async def _pause_while_unwritable(self) -> None:
+        """Take no new job while events cannot be written: they would only pile up here."""
+        bound_s = self.settings.worker_pause_after_s
+        if self.emitter.failing_for_s() <= bound_s:
+            return
+        self.intake_paused = True
+        log.warning(
+            "not taking new jobs: events could not be written for %.0fs; %d kept in order",
+            self.emitter.failing_for_s(),
+            self.emitter.queued,
+        )
+        await self.emitter.writable.wait()
+        self.intake_paused = False
+        log.info("events are written again; taking new jobs")
 
     async def _restore_layout(self) -> None:
         """The consumer group is gone: Redis lost its data (restarted empty, or a failover to

@@ -2,7 +2,8 @@
 
 `freeze()` stops forwarding on every connection open at that moment without closing them, so
 both ends see a connection that looks alive and carries nothing (a half-open connection, a NAT
-that forgot its mapping). Connections made afterwards work normally.
+that forgot its mapping). Connections made afterwards work normally, unless the freeze covers
+new connections too (Redis unreachable while its TCP port still accepts).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TcpProxy:
         self._links: list[_Link] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._freeze_new = False
 
     @property
     def url(self) -> str:
@@ -36,15 +38,20 @@ class TcpProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
-    def freeze(self) -> int:
-        """Freeze every open connection; returns how many."""
+    def freeze(self, *, new_ones_too: bool = False) -> int:
+        """Freeze every open connection (and, if asked, every later one); returns how many."""
+        self._freeze_new = new_ones_too
         for link in self._links:
             link.frozen = True
         return len(self._links)
 
+    def thaw(self) -> None:
+        """New connections work again (frozen ones stay frozen, as a dead link would)."""
+        self._freeze_new = False
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        link = _Link(writers=[writer, up_writer])
+        link = _Link(frozen=self._freeze_new, writers=[writer, up_writer])
         self._links.append(link)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(link, source, sink))

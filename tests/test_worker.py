@@ -168,3 +168,34 @@ async def test_stopping_hands_running_jobs_back_at_once(
     got = await events(migrated, job)
     assert [e["seq"] for e in got] == list(range(1, 32))
     assert [e["data"]["i"] for e in got[:-1]] == list(range(1, 31))
+
+
+@pytest.mark.slow
+async def test_a_worker_that_cannot_write_stops_taking_jobs_and_loses_nothing(
+    redis_server: RedisServer, migrated: redis.Redis
+) -> None:
+    from tests.tcp_proxy import tcp_proxy
+
+    async with tcp_proxy(redis_server.port) as proxy:
+        settings = make_settings(
+            proxy.url,
+            worker_pause_after_s=0.5,
+            redis_socket_timeout_s=0.5,
+            redis_connect_timeout_s=0.5,
+        )
+        first = await submit(make_settings(redis_server.url), "count", {"n": 30, "interval_ms": 50})
+        async with running_worker(settings) as worker:
+            await wait_for(lambda: _at_least(migrated, first, 3), what="the first events")
+            proxy.freeze(new_ones_too=True)  # Redis unreachable for this worker
+            await wait_for(lambda: worker.intake_paused, what="the worker to stop taking jobs")
+            second = await submit(make_settings(redis_server.url), "count", {"n": 5})
+            pending: Any = await migrated.xpending(KEYS.jobs, WORKERS_GROUP)
+            assert int(pending["pending"]) == 1  # only the first job was taken
+            proxy.thaw()
+            await wait_for(lambda: finished(migrated, first), timeout_s=30, what="the first job")
+            await wait_for(lambda: finished(migrated, second), timeout_s=30, what="the second job")
+            assert not worker.intake_paused
+    got = await events(migrated, first)
+    assert [e["seq"] for e in got] == list(range(1, 32))
+    assert [e["data"]["i"] for e in got[:-1]] == list(range(1, 31))
+    assert [e["seq"] for e in await events(migrated, second)] == list(range(1, 7))
