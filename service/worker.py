@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from service.aio import stop_tasks
 from service.config import Settings
 from service.handlers import Handler, Job, JobFailed
 from service.keys import WORKERS_GROUP, Keys
@@ -105,13 +106,9 @@ class Worker:
         try:
             await stop.wait()
         finally:
-            intake.cancel()
-            with suppress(asyncio.CancelledError):
-                await intake
+            await stop_tasks([intake])
             await self._finish_running()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await stop_tasks(background)
             await self.client.aclose()
             await self.intake.aclose()
             log.info("worker %s stopped after %d jobs", self.consumer, self.jobs_done)

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from service.aio import stop_tasks
 from service.config import Settings
 from service.delivery.hub import Hub, HubDelivery
 from service.keys import Keys
@@ -184,9 +185,7 @@ class PubSubDelivery(HubDelivery):
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         await self.subscriber.close()
 
     def ready(self) -> bool:

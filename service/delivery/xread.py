@@ -20,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from service.aio import stop_tasks
 from service.config import Settings
 from service.delivery.hub import Hub, HubDelivery
 from service.keys import Keys
@@ -58,9 +59,7 @@ class XreadDelivery(HubDelivery):
 
     async def stop(self) -> None:
         tasks = [*self._loops.values(), *([self._catch_up] if self._catch_up else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         self._loops.clear()
         await self._readers.aclose()
 
