@@ -86,3 +86,39 @@ def test_cli_reports_configuration_errors() -> None:
     assert (
         result.stderr.strip() == "configuration error: RESULT_TTL_S: expected an integer, got 'x'"
     )
+
+
+def _run_without_dev_extras(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service ...` as an install without the dev/bench extras would run it."""
+    code = (
+        "import runpy, sys\n"
+        "for name in ('httpx', 'matplotlib', 'hypothesis', 'pytest'):\n"
+        "    sys.modules[name] = None  # import fails, as if not installed\n"
+        f"sys.argv = ['service', *{list(args)!r}]\n"
+        "runpy.run_module('service', run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["--help", "gateway --help", "worker --help", "migrate --help", "dev --help", "bench --help"],
+)
+def test_every_command_works_without_the_dev_extras(command: str) -> None:
+    result = _run_without_dev_extras(*command.split())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+
+
+def test_bench_without_its_extras_says_what_to_install() -> None:
+    result = _run_without_dev_extras("bench", "--idle-seconds", "1")
+    assert result.returncode == 2
+    assert "pip install 'resultcast[bench]'" in result.stderr

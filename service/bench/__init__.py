@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.bench.ab import Params
+from service.bench.params import Params
 
 PHASES = ("idle", "burst", "steady")
 

@@ -26,20 +26,10 @@ from service.bench.harness import (
     until,
     watch_all,
 )
+from service.bench.params import Params
 from service.bench.wsload import Received, WsProtocol, open_sockets
 
 SEED_OVERNIGHT = {"before (XREAD block 100 ms)": 500_000, "after (XREAD block 15 s)": 2_500}
-
-
-@dataclass
-class Params:
-    idle_sockets: int = 1000
-    idle_seconds: float = 30.0
-    burst_jobs: int = 200
-    burst_events: int = 200
-    steady_sockets: int = 500
-    steady_rate: int = 500
-    steady_seconds: int = 10
 
 
 @dataclass

@@ -10,7 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from service.bench.ab import SEED_OVERNIGHT, ModeResult, Params
+from service.bench.ab import SEED_OVERNIGHT, ModeResult
+from service.bench.params import Params
 
 ROWS: list[tuple[str, str, str, str]] = [
     # (phase, key, label, format)
