@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import RedisUnavailable
 from service.redis_client import RedisFactory, redis_errors
-from tests.conftest import make_settings
+from tests.conftest import PYTHON, ROOT, make_settings, service_env, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact, connect, submit
@@ -157,3 +159,42 @@ async def test_certificates_are_verified_and_passwords_never_logged(
         await client.ping()
     await client.aclose()
     assert PASSWORD not in caplog.text
+
+
+async def test_tokens_in_urls_are_masked_in_the_gateway_log(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    client = redis_server.client()
+    await migrate(client, KEYS, report=lambda _: None)
+    await client.aclose()
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled over HTTP
+            [PYTHON, "-m", "service", "gateway", "--port", str(port)],
+            env=service_env(redis_server.url),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            await wait_for(lambda: _up(http), what="the gateway")
+            reply = (await http.post("/jobs", json={"kind": "echo", "payload": {}})).json()
+            assert (
+                await http.get(f"/jobs/{reply['job']}", params={"token": reply["token"]})
+            ).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    text = log_path.read_text()
+    assert f"/jobs/{reply['job']}?token=***" in text
+    assert reply["token"] not in text
+
+
+async def _up(http: httpx.AsyncClient) -> bool:
+    try:
+        return (await http.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
