@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 from service.bench.harness import (
-    KEYS,
     Stack,
     close_all,
     command_calls,
@@ -36,6 +35,7 @@ from service.bench.harness import (
     running_stack,
     until,
     watch_all,
+    write_first_events,
 )
 from service.bench.wsload import Received, open_sockets
 
@@ -119,15 +119,9 @@ async def idle_and_catch_up(
             ),
         }
     if "catchup" in phases:
-        pipe = stack.client.pipeline(transaction=False)
-        for job, _ in jobs:
-            frame = (
-                f'{{"seq":1,"job":"{job}","id":"1-0","type":"event","event":"data",'
-                f'"ts":{time.time_ns() // 1_000_000},"data":{{"missed":true}}}}'
-            )
-            pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
-            pipe.hset(KEYS.meta(job), "seq", 1)
-        await pipe.execute()
+        await write_first_events(
+            stack.client, [job for job, _ in jobs], '{"missed":true}', publish=False
+        )
         before = watched.events
         started = time.perf_counter()
         await stack.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]

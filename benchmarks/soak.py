@@ -25,13 +25,13 @@ from pathlib import Path
 import redis.asyncio as redis
 
 from service.bench.harness import (
-    KEYS,
     close_all,
     command_calls,
     proc_stats,
     running_stack,
     until,
     watch_all,
+    write_first_events,
 )
 from service.bench.wsload import Received, WsProtocol, open_sockets
 from service.dev import free_port, start_redis, stop
@@ -58,16 +58,7 @@ async def recovery(
     back = time.perf_counter()
     before = sink.events
     fresh = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0", protocol=2)
-    pipe = fresh.pipeline(transaction=False)
-    for job, _ in jobs:
-        frame = (
-            f'{{"seq":1,"job":"{job}","id":"1-0","type":"event","event":"data",'
-            f'"ts":{time.time_ns() // 1_000_000},"data":{{"after":"restart"}}}}'
-        )
-        pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
-        pipe.hset(KEYS.meta(job), "seq", 1)
-        pipe.publish(KEYS.channel(job), frame)
-    await pipe.execute()
+    await write_first_events(fresh, [job for job, _ in jobs], '{"after":"restart"}', publish=True)
     await fresh.aclose()
     await until(lambda: sink.events - before >= len(sockets), 120, step_s=0.005)
     recovery_s = time.perf_counter() - back

@@ -8,6 +8,7 @@ import httpx
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.bench.harness import command_calls
 from service.config import Settings
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker, service_process
@@ -23,11 +24,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-async def command_count(client: redis.Redis) -> int:
-    stats: Any = await client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
-
-
 async def test_gateway_metrics_cost_no_redis_command(
     settings: Settings, migrated: redis.Redis
 ) -> None:
@@ -38,11 +34,11 @@ async def test_gateway_metrics_cost_no_redis_command(
             got = await ws.events_until_terminal({job})
             assert_exact(got[job][1:], job, 20)
             async with httpx.AsyncClient(base_url=base) as http:
-                before = await command_count(migrated)
+                before = await command_calls(migrated)
                 reply = await http.get("/metrics")
-                between = await command_count(migrated)
+                between = await command_calls(migrated)
                 await http.get("/metrics")
-                after = await command_count(migrated)
+                after = await command_calls(migrated)
     # Only the INFO calls themselves (and the worker's own idle reads) may have run in between:
     # the gateway's command counter did not move while it was scraped.
     assert reply.status_code == 200
@@ -68,10 +64,10 @@ async def test_gateway_scrapes_do_not_touch_redis(
     settings = make_settings(settings.redis_url, probe_after_s=600)
     async with running_gateway(settings) as base, httpx.AsyncClient(base_url=base) as http:
         await http.get("/metrics")
-        before = await command_count(migrated)
+        before = await command_calls(migrated)
         for _ in range(20):
             assert (await http.get("/metrics")).status_code == 200
-        assert await command_count(migrated) - before == 1  # the INFO that measured it
+        assert await command_calls(migrated) - before == 1  # the INFO that measured it
 
 
 async def test_worker_exports_jobs_and_queue_depth(

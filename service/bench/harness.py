@@ -104,6 +104,24 @@ async def connections_named(client: redis.Redis, name: str) -> int:
     return sum(1 for c in clients if c.get("name") == name)
 
 
+async def write_first_events(
+    client: redis.Redis, jobs: list[str], data_json: str, *, publish: bool
+) -> None:
+    """Store event 1 of every job, shaped as the emit script shapes it, in one pipeline;
+    without `publish` it is exactly what a gateway misses while its subscriber is down."""
+    pipe = client.pipeline(transaction=False)
+    for job in jobs:
+        frame = (
+            f'{{"seq":1,"job":"{job}","id":"1-0","type":"event","event":"data",'
+            f'"ts":{time.time_ns() // 1_000_000},"data":{data_json}}}'
+        )
+        pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
+        pipe.hset(KEYS.meta(job), "seq", 1)
+        if publish:
+            pipe.publish(KEYS.channel(job), frame)
+    await pipe.execute()
+
+
 def watch_all(sockets: list[WsProtocol], jobs: list[tuple[str, str]]) -> None:
     for index, ws in enumerate(sockets):
         job, token = jobs[index % len(jobs)]

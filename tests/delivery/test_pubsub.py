@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from service.bench.harness import command_calls
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
@@ -120,21 +121,16 @@ async def test_idle_watchers_cost_no_redis_commands(redis_server: RedisServer) -
                     assert (await ws.recv())["type"] == "watching"
 
             async def quiet() -> bool:  # every catch-up read is done
-                before = await command_count(client)
+                before = await command_calls(client)
                 await asyncio.sleep(0.3)
-                return await command_count(client) - before == 1  # only our own INFO
+                return await command_calls(client) - before == 1  # only our own INFO
 
             await wait_for(quiet, what="the catch-ups to finish")
-            before = await command_count(client)
+            before = await command_calls(client)
             await asyncio.sleep(2.0)  # a measured interval of idleness
-            assert await command_count(client) - before == 1, "only the INFO that measures it"
+            assert await command_calls(client) - before == 1, "only the INFO that measures it"
             conns: Any = await client.client_list()
             assert len([c for c in conns if c.get("name") == "resultcast-gateway"]) <= 3
             for s in sockets:
                 await s.__aexit__(None, None, None)
     await client.aclose()
-
-
-async def command_count(client: redis.Redis) -> int:
-    stats: Any = await client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
