@@ -82,6 +82,11 @@ class GatewayCollector(Collector):
         yield counter(
             "resultcast_subscriber_reconnects", "Pub/Sub re-subscriptions", s.subscriber_reconnects
         )
+        yield counter(
+            "resultcast_redis_server_changes",
+            "Times a different Redis server, or replaced data, was noticed",
+            s.failovers,
+        )
         yield counter("resultcast_probes", "Liveness probes published", s.probes_sent)
         yield counter(
             "resultcast_slow_client_closes", "Sockets closed with 1013", s.slow_client_closes
@@ -90,7 +95,7 @@ class GatewayCollector(Collector):
         catch_ups = CounterMetricFamily(
             "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
         )
-        for cause in ("watch", "resume", "gap", "reconnect", "subscribe"):
+        for cause in ("watch", "resume", "gap", "reconnect", "subscribe", "failover"):
             catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
         yield catch_ups
         closes = CounterMetricFamily(

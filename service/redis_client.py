@@ -9,6 +9,9 @@ Choices made here on purpose:
 - Each use gets a socket timeout that fits it: short for commands, longer than the block for
   blocking reads, none for the Pub/Sub subscriber (an idle subscriber must not time out).
 - Every command sent is counted by name, for the metrics and the A/B benchmark.
+- A gateway's connections read the server's run id and replication id when they connect, so
+  the gateway knows when it reaches a different server, or a server whose data was replaced
+  (`ServerIdentity`): a restart, a failover, a full resync.
 """
 
 from __future__ import annotations
@@ -58,15 +61,82 @@ class CommandCounter:
         return sum(self.counts.values())
 
 
+@dataclass
+class ServerIdentity:
+    """The Redis server this process reaches, as its connections last saw it.
+
+    `generation` goes up each time a new connection finds a run id or replication id other
+    than the one seen before; whoever holds state derived from the old server compares it.
+    A server that refuses `INFO` (an ACL without it) leaves the identity unknown: then only
+    the position checks of catch-up detect lost data.
+    """
+
+    run_id: bytes | None = None
+    replication_id: bytes | None = None
+    generation: int = 0
+    _warned: bool = False
+
+    def observe(self, run_id: bytes | None, replication_id: bytes | None) -> None:
+        if run_id is None:
+            return
+        if self.run_id is not None and (run_id, replication_id) != (
+            self.run_id,
+            self.replication_id,
+        ):
+            self.generation += 1
+            log.warning(
+                "Redis is now a different server, or its data was replaced (run id %s..., "
+                "replication id %s...); watches will be checked against its data",
+                run_id[:8].decode(errors="replace"),
+                (replication_id or b"?")[:8].decode(errors="replace"),
+            )
+        self.run_id, self.replication_id = run_id, replication_id
+
+    def refused(self, error: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "cannot read the Redis server's run id (%s); failover detection "
+                "falls back to position checks",
+                error,
+            )
+
+
+def _info_field(info: bytes, name: bytes) -> bytes | None:
+    for line in info.splitlines():
+        key, sep, value = line.partition(b":")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
 def _counting_class(
-    base: type[AbstractConnection], counter: CommandCounter, live: weakref.WeakSet[Any]
+    base: type[AbstractConnection],
+    counter: CommandCounter,
+    live: weakref.WeakSet[Any],
+    identity: ServerIdentity | None,
 ) -> type[Any]:
-    """A connection class that counts every command it packs and registers its instances."""
+    """A connection class that counts every command it packs and registers its instances;
+    with an `identity`, each new connection also reports the server's run and replication ids."""
     counts = counter.counts
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         base.__init__(self, *args, **kwargs)
         live.add(self)
+
+    async def on_connect_check_health(self: Any, check_health: bool = True) -> None:
+        await base.on_connect_check_health(self, check_health=check_health)
+        if identity is None:
+            return
+        try:
+            await self.send_command("INFO", "server")
+            server = await self.read_response()
+            await self.send_command("INFO", "replication")
+            replication = await self.read_response()
+        except ResponseError as e:
+            identity.refused(e)
+            return
+        identity.observe(_info_field(server, b"run_id"), _info_field(replication, b"master_replid"))
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
         name = args[0]
@@ -76,9 +146,10 @@ def _counting_class(
         packed: list[bytes] = base.pack_command(self, *args)
         return packed
 
-    return type(
-        f"Counting{base.__name__}", (base,), {"__init__": __init__, "pack_command": pack_command}
-    )
+    methods: dict[str, Any] = {"__init__": __init__, "pack_command": pack_command}
+    if identity is not None:
+        methods["on_connect_check_health"] = on_connect_check_health
+    return type(f"Counting{base.__name__}", (base,), methods)
 
 
 def pool_size(role: Role, settings: Settings, concurrency: int = 1) -> int:
@@ -106,6 +177,12 @@ class RedisFactory:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     # Every connection object created, by purpose, for the "connections held" metric.
     connections: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
+    # Only a gateway keeps state that a different server would invalidate.
+    identity: ServerIdentity | None = None
+
+    def __post_init__(self) -> None:
+        if self.identity is None and self.role == "gateway":
+            self.identity = ServerIdentity()
 
     def connections_held(self) -> dict[str, int]:
         return {
@@ -120,7 +197,7 @@ class RedisFactory:
         base = options.pop("connection_class", redis.Connection)
         live = self.connections.setdefault(purpose, weakref.WeakSet())
         options.update(
-            connection_class=_counting_class(base, self.counter, live),
+            connection_class=_counting_class(base, self.counter, live, self.identity),
             protocol=2,
             socket_timeout=socket_timeout,
             socket_connect_timeout=self.settings.redis_connect_timeout_s,

@@ -50,6 +50,7 @@ class GatewayStats:
     frames_sent: int = 0
     catch_ups: Counter[str] = field(default_factory=Counter)
     subscriber_reconnects: int = 0
+    failovers: int = 0  # times a different Redis server (or replaced data) was noticed
     probes_sent: int = 0
     slow_client_closes: int = 0
     bad_frames: int = 0

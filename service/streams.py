@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as redis
@@ -106,6 +106,8 @@ class Page:
     last_seq: int
     frames: list[bytes]
     finished: bool = False  # the job has its terminal event (at `last_seq`)
+    # The stored frame at each position asked to be checked (None: no entry there).
+    stored: dict[int, bytes | None] = field(default_factory=dict)
 
 
 class EventReader:
@@ -118,20 +120,36 @@ class EventReader:
         self._keys = keys
         self._breaker = breaker
 
-    async def pages(self, positions: list[tuple[str, int]], count: int) -> list[Page]:
+    async def pages(
+        self,
+        positions: list[tuple[str, int]],
+        count: int,
+        checks: Mapping[str, list[int]] | None = None,
+    ) -> list[Page]:
+        """A page per (job, after_seq); `checks` also reads the entries at those seqs."""
+        checks = checks or {}
+        check_list = [(job, seq) for job, seqs in checks.items() for seq in seqs if seq > 0]
+
         async def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for job, after_seq in positions:
                 pipe.hmget(self._keys.meta(job), ["seq", "status"])
                 pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=count)
+            for job, seq in check_list:
+                pipe.xrange(self._keys.events(job), stream_id(seq), stream_id(seq))
             return list(await pipe.execute())
 
         with redis_errors("catch-up read", self._breaker):
             replies = await retrying(read, attempts=2)
+        stored: dict[str, dict[int, bytes | None]] = {}
+        for (job, seq), entries in zip(check_list, replies[2 * len(positions) :], strict=True):
+            stored.setdefault(job, {})[seq] = entries[0][1][b"f"] if entries else None
         pages = []
         for index, (job, _) in enumerate(positions):
             (seq, status), entries = replies[2 * index], replies[2 * index + 1]
             frames = [fields[b"f"] for _, fields in entries]
             finished = status in (b"done", b"failed")
-            pages.append(Page(job, status is not None, int(seq or 0), frames, finished))
+            pages.append(
+                Page(job, status is not None, int(seq or 0), frames, finished, stored.get(job, {}))
+            )
         return pages

@@ -3,7 +3,8 @@
 `freeze()` stops forwarding on every connection open at that moment without closing them, so
 both ends see a connection that looks alive and carries nothing (a half-open connection, a NAT
 that forgot its mapping). Connections made afterwards work normally, unless the freeze covers
-new connections too (Redis unreachable while its TCP port still accepts).
+new connections too (Redis unreachable while its TCP port still accepts). `switch()` cuts
+every open connection and sends later ones to another server: a failover behind one address.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ class TcpProxy:
     def thaw(self) -> None:
         """New connections work again (frozen ones stay frozen, as a dead link would)."""
         self._freeze_new = False
+
+    def switch(self, target_port: int) -> int:
+        """Point new connections at `target_port` and cut the open ones; returns how many."""
+        self.target_port = target_port
+        links, self._links = self._links, []
+        for link in links:
+            link.frozen = True
+            for writer in link.writers:
+                writer.close()
+        return len(links)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)

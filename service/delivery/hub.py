@@ -12,6 +12,13 @@ by one task. A job whose catch-up is under way when something new is missed is m
 and read again right after, so nothing falls between a read and a notification. A job whose
 watcher has a large backlog is paused until that watcher drains, so a long replay never
 floods a slow client.
+
+A different Redis server (a failover, a restart, a full resync: its run id or replication id
+changed, see `ServerIdentity`) may hold a different history than the one already delivered.
+From the moment any connection sees one, every watched job is unverified: live frames for it
+are held back, and its next catch-up also reads the stored entry at each watch's position and
+compares it with the frame that watch last received. A watch whose history was cut or
+rewritten ends with `gone`; the others go on as if nothing happened.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from itertools import islice
 from service.codec import is_terminal_frame, seq_of_frame
 from service.delivery.base import Watcher
 from service.model import ErrorCode, ServiceError
-from service.redis_client import backoff_s
+from service.redis_client import ServerIdentity, backoff_s
 from service.stats import GatewayStats
 from service.streams import EventReader, Page
 
@@ -37,6 +44,10 @@ GONE_REWOUND = (
     "the position asked for is past the job's last stored event "
     "(results were lost in a Redis failover); it cannot be served in full"
 )
+GONE_REWRITTEN = (
+    "Redis failed over and no longer holds the events already delivered for this job "
+    "(its history was rewritten); it cannot be served in full"
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -44,6 +55,9 @@ class Watch:
     watcher: Watcher
     last_seq: int
     error_sent: bool = False
+    # The last frame delivered (a reference, not a copy), to compare with what a different
+    # server stores at `last_seq`; None when the position came from the client.
+    last_frame: bytes | None = None
 
 
 class Hub:
@@ -56,8 +70,12 @@ class Hub:
         high_water_bytes: int,
         on_first_watch: Callable[[str], None] | None = None,
         on_last_unwatch: Callable[[str], None] | None = None,
+        server: ServerIdentity | None = None,
     ) -> None:
         self._reader = reader
+        self._server = server or ServerIdentity()
+        self._generation = self._server.generation
+        self._unverified: set[str] = set()
         self._stats = stats
         self._page_size = page_size
         self._high_water = high_water_bytes
@@ -93,6 +111,7 @@ class Hub:
             del self.feeds[job]
             self._pending.pop(job, None)
             self._dirty.discard(job)
+            self._unverified.discard(job)
             if self._on_last_unwatch is not None:
                 self._on_last_unwatch(job)
         self._release(watcher)
@@ -110,8 +129,21 @@ class Hub:
     def publish(self, job: str, frame: bytes) -> None:
         """A live frame for `job`: the subscriber's hot path, so it must stay cheap."""
         watches = self.feeds.get(job)
-        if watches and self._offer(job, watches, frame, seq_of_frame(frame)):
+        if not watches:
+            return
+        if self._server.generation != self._generation:
+            self._server_changed()
+        if self._unverified and job in self._unverified:
+            self.request_catch_up(job, None)  # held back until checked against the new server
+        elif self._offer(job, watches, frame, seq_of_frame(frame)):
             self.request_catch_up(job, "gap")
+
+    def _server_changed(self) -> None:
+        self._generation = self._server.generation
+        self._unverified.update(self.feeds)
+        self._stats.failovers += 1
+        log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
+        self.catch_up_all("failover")
 
     def _offer(self, job: str, watches: dict[Watcher, Watch], frame: bytes, seq: int) -> bool:
         """Apply the delivery rule to every watch; True if some watch is missing frames."""
@@ -121,6 +153,7 @@ class Hub:
         for watch in watches.values():
             if seq == watch.last_seq + 1:
                 watch.last_seq = seq
+                watch.last_frame = frame
                 watch.error_sent = False
                 watch.watcher.deliver(frame)
                 if terminal is None:
@@ -207,31 +240,55 @@ class Hub:
         # Where each watch stood when the read was sent: live frames may move a watch on
         # while the read is in flight, and only a position it had before the read can be
         # compared with the job's last seq as read.
-        sent = {job: {w: watch.last_seq for w, watch in self.feeds[job].items()} for job in batch}
-        positions = [(job, min(sent[job].values())) for job in batch]
+        if self._server.generation != self._generation:
+            self._server_changed()
+        sent = {
+            job: {w: (watch.last_seq, watch.last_frame) for w, watch in self.feeds[job].items()}
+            for job in batch
+        }
+        positions = [(job, min(seq for seq, _ in sent[job].values())) for job in batch]
+        checks = {
+            job: sorted({seq for seq, frame in sent[job].values() if frame is not None})
+            for job in batch
+            if job in self._unverified
+        }
+        generation = self._server.generation
         self._inflight.update(batch)
         try:
-            pages = await self._reader.pages(positions, self._page_size)
+            pages = await self._reader.pages(positions, self._page_size, checks)
         except BaseException:
-            self._inflight.difference_update(batch)
-            for job in batch:  # try them again after the back-off
-                self._pending[job] = None
+            self._requeue(batch)
             raise
+        if self._server.generation != generation:
+            # The server changed during this read: check everything against it first.
+            self._requeue(batch)
+            self._server_changed()
+            return
         self._inflight.difference_update(batch)
         for page in pages:
             self._apply(page, sent[page.job])
+            if page.job in checks:
+                self._unverified.discard(page.job)
 
-    def _apply(self, page: Page, sent: dict[Watcher, int]) -> None:
+    def _requeue(self, batch: list[str]) -> None:
+        self._inflight.difference_update(batch)
+        for job in batch:  # try them again (after the back-off, if any)
+            self._pending[job] = None
+
+    def _apply(self, page: Page, sent: dict[Watcher, tuple[int, bytes | None]]) -> None:
         job = page.job
         watches = self.feeds.get(job)
         if not watches:
             self._dirty.discard(job)
             return
         for watcher, watch in list(watches.items()):
+            seq, frame = sent.get(watcher, (0, None))
             if not page.exists:
                 self._gone(job, watch, GONE_EXPIRED)
-            elif sent.get(watcher, 0) > page.last_seq:
+            elif seq > page.last_seq:
                 self._gone(job, watch, GONE_REWOUND)
+            elif frame is not None and seq in page.stored and page.stored[seq] != frame:
+                self._gone(job, watch, GONE_REWRITTEN)
         for frame in page.frames:
             watches = self.feeds.get(job)
             if not watches:
@@ -240,7 +297,7 @@ class Hub:
         if page.finished and not page.frames:
             # Watched from after the terminal event: nothing will ever come; say so and end.
             for watcher, watch in list(self.feeds.get(job, {}).items()):
-                if sent.get(watcher, -1) >= page.last_seq:
+                if sent.get(watcher, (-1, None))[0] >= page.last_seq:
                     self._end(job, watch)
                     watcher.watch_finished(job)
         more = len(page.frames) >= self._page_size

@@ -1,0 +1,91 @@
+"""Failover: the gateway finds itself talking to a different Redis server whose history of a
+job differs from what it already delivered (a replica that lagged, then the job re-ran).
+
+The two servers sit behind one address (a TCP proxy that is switched from one to the other),
+so nothing but the data and the servers' run ids tells them apart. A watch whose delivered
+events the new server no longer holds ends with `gone`; a watch whose history is intact goes
+on, exactly once, as after any reconnect.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as redis
+
+from service import tokens
+from service.keys import Keys
+from service.migrate import migrate
+from service.model import new_job_id
+from tests.conftest import make_settings
+from tests.processes import running_gateway
+from tests.redis_servers import RedisServer
+from tests.tcp_proxy import tcp_proxy
+from tests.ws_client import connect
+
+KEYS = Keys()
+pytestmark = pytest.mark.slow
+
+
+def frame(job: str, seq: int, event: str, data: str) -> bytes:
+    """An event frame shaped as the emit script shapes it."""
+    return (
+        f'{{"seq":{seq},"job":"{job}","id":"{seq}-0","type":"event","event":"{event}",'
+        f'"ts":{1_700_000_000_000 + seq},"data":{data}}}'
+    ).encode()
+
+
+async def store(client: redis.Redis, job: str, frames: list[bytes], status: str) -> None:
+    pipe = client.pipeline(transaction=False)
+    for seq, f in enumerate(frames, 1):
+        pipe.xadd(KEYS.events(job), {"f": f}, id=f"{seq}-0")
+    pipe.hset(KEYS.meta(job), mapping={"status": status, "kind": "count", "seq": len(frames)})
+    await pipe.execute()
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+async def test_a_rewritten_history_ends_the_watch_with_gone(
+    tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    old = RedisServer(tmp_path_factory.mktemp("old"))
+    new = RedisServer(tmp_path_factory.mktemp("new"))
+    old.start()
+    new.start()
+    old_client, new_client = old.client(), new.client()
+    for client in (old_client, new_client):
+        await migrate(client, KEYS, report=lambda _: None)
+    rewritten, intact = new_job_id(), new_job_id()
+    a = [frame(rewritten, seq, "data", '{"v":"a"}') for seq in (1, 2, 3)]
+    b = [frame(rewritten, seq, "data", '{"v":"b"}') for seq in (3, 4)]
+    kept = [frame(intact, seq, "data", "{}") for seq in (1, 2, 3)]
+    done = frame(intact, 4, "done", '{"count":3}')
+    # The old server delivered three events of each job; the new one lost the third of
+    # `rewritten` and has a different third and a fourth in their place.
+    await store(old_client, rewritten, a, "running")
+    await store(old_client, intact, kept, "running")
+    await store(new_client, rewritten, [*a[:2], *b], "running")
+    await store(new_client, intact, [*kept, done], "done")
+    try:
+        async with tcp_proxy(old.port) as proxy:
+            settings = make_settings(proxy.url, delivery_mode=mode, xread_block_ms=1000)
+            async with running_gateway(settings) as base, connect(base) as ws:
+                for job in (rewritten, intact):
+                    await ws.watch(job, tokens.sign(job, settings.secret_key))
+                seen = {rewritten: 0, intact: 0}
+                while min(seen.values()) < 3:
+                    got = await ws.recv()
+                    if got["type"] == "event":
+                        assert got["seq"] == seen[got["job"]] + 1
+                        seen[got["job"]] = got["seq"]
+                assert proxy.switch(new.port) >= 2
+                after = await ws.events_until_terminal({rewritten, intact}, timeout_s=30)
+    finally:
+        await old_client.aclose()
+        await new_client.aclose()
+        old.stop()
+        new.stop()
+    outage = ("busy", "unavailable")
+    ended = [f for f in after[rewritten] if f["type"] != "error" or f["code"] not in outage]
+    assert [(f["type"], f.get("code")) for f in ended] == [("error", "gone")], after[rewritten]
+    assert "rewritten" in ended[0]["message"]
+    events = [f for f in after[intact] if f["type"] == "event"]
+    assert [(f["seq"], f["event"]) for f in events] == [(4, "done")], after[intact]
