@@ -50,6 +50,14 @@ GONE_REWRITTEN = (
 )
 
 
+def gone_too_far(behind: int, limit: int) -> str:
+    return (
+        f"the position asked for is {behind} events behind the job's last event, more than "
+        f"the {limit} a watch may replay (MAX_REPLAY_EVENTS); read the older events with "
+        "GET /jobs/{job}?after=<id> and watch from a later id"
+    )
+
+
 @dataclass(eq=False, slots=True)
 class Watch:
     watcher: Watcher
@@ -68,6 +76,7 @@ class Hub:
         *,
         page_size: int,
         high_water_bytes: int,
+        max_replay_events: int = 0,
         on_first_watch: Callable[[str], None] | None = None,
         on_last_unwatch: Callable[[str], None] | None = None,
         server: ServerIdentity | None = None,
@@ -79,6 +88,7 @@ class Hub:
         self._stats = stats
         self._page_size = page_size
         self._high_water = high_water_bytes
+        self._max_replay = max_replay_events  # 0: no limit
         self._on_first_watch = on_first_watch
         self._on_last_unwatch = on_last_unwatch
         self.feeds: dict[str, dict[Watcher, Watch]] = {}
@@ -289,6 +299,9 @@ class Hub:
                 self._gone(job, watch, GONE_REWOUND)
             elif frame is not None and seq in page.stored and page.stored[seq] != frame:
                 self._gone(job, watch, GONE_REWRITTEN)
+            elif self._max_replay and page.last_seq - seq > self._max_replay:
+                # Refused before anything is sent: never a partial replay.
+                self._gone(job, watch, gone_too_far(page.last_seq - seq, self._max_replay))
         for frame in page.frames:
             watches = self.feeds.get(job)
             if not watches:

@@ -48,6 +48,7 @@ class XreadDelivery(HubDelivery):
             stats,
             page_size=settings.catch_up_page_size,
             high_water_bytes=settings.max_send_queue_bytes // 2,
+            max_replay_events=settings.max_replay_events,
             server=factory.identity,
             on_first_watch=self._follow,
             on_last_unwatch=self._unfollow,

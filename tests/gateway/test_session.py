@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
 from service.keys import Keys
 from service.migrate import migrate
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer
 from tests.ws_client import assert_exact, connect, submit
@@ -114,3 +115,23 @@ async def test_a_slow_reader_is_closed_with_1013_and_a_fast_one_gets_everything(
                     received += 1
             assert slow.ws.close_code == 1013
             assert received < 2500
+
+
+async def test_a_replay_longer_than_the_limit_is_refused_with_gone(tmp_path: Path) -> None:
+    async with gateway(tmp_path, max_replay_events=5) as base:
+        job, token = await submit(base, "count", {"n": 12})  # 13 events with the `done`
+
+        async def finished() -> bool:
+            async with httpx.AsyncClient() as http:
+                reply = await http.get(f"{base}/jobs/{job}", params={"token": token})
+            return bool(reply.json()["status"] == "done")
+
+        await wait_for(finished, what="the job to finish")
+        async with connect(base) as ws:
+            await ws.watch(job, token)
+            got = await ws.events_until_terminal({job})
+            assert [f["type"] for f in got[job]] == ["watching", "error"]
+            assert got[job][1]["code"] == "gone" and "MAX_REPLAY_EVENTS" in got[job][1]["message"]
+            await ws.watch(job, token, after="8-0")  # 5 behind: within the limit
+            got = await ws.events_until_terminal({job})
+            assert_exact(got[job][1:], job, 12, first_seq=9)
