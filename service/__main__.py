@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
 
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when this container's process is healthy (image HEALTHCHECK)"
+    )
+    health.add_argument("--role", choices=["gateway", "worker"], help="default: what PID 1 runs")
+    health.add_argument("--port", type=int, help="gateway port, or a worker's metrics port")
+
     migrate = commands.add_parser("migrate", help="apply pending Redis layout migrations")
     migrate.add_argument("--status", action="store_true", help="list migrations and exit")
     migrate.add_argument("--dry-run", action="store_true", help="show what would be applied")
@@ -93,6 +99,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from service.migrate_cli import run_migrate
 
             return asyncio.run(run_migrate(settings, status_only=args.status, dry_run=args.dry_run))
+        if args.command == "healthcheck":
+            from service.healthcheck import check
+
+            return check(settings, args.role, args.port)
         if args.command == "bench":
             from service.bench import main as bench_main
 
