@@ -42,8 +42,14 @@ class ErrorCode(StrEnum):
 
 
 def new_job_id() -> str:
-    """A random id (128 bits) that matches JOB_ID_RE and is unguessable."""
-    return secrets.token_urlsafe(16)
+    """A random id (128 bits) that matches JOB_ID_RE and is unguessable.
+
+    Never one that starts with `-`: a command line would take it for an option.
+    """
+    while True:
+        job = secrets.token_urlsafe(16)
+        if job[0] != "-":
+            return job
 
 
 def is_job_id(value: object) -> bool:
