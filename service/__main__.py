@@ -1,4 +1,5 @@
-"""`python -m service <command>`: the gateway, a worker, migrations and the local dev stack."""
+"""`python -m service <command>`: the gateway, a worker, migrations, the local dev stack, and
+the client commands (`submit`, `watch`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
 
+    from service.client_cli import add_arguments as add_client_arguments
+
+    add_client_arguments(commands)
+
     health = commands.add_parser(
         "healthcheck", help="exit 0 when this container's process is healthy (image HEALTHCHECK)"
     )
@@ -69,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("watch", "submit"):  # clients of a gateway: no server settings
+        from service.client_cli import run
+
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            return 130
     try:
         settings = Settings.from_env()
     except ConfigError as e:

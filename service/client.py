@@ -1,0 +1,163 @@
+"""A Python client for resultcast: submit jobs over HTTP, watch their events over WebSocket.
+
+    from service.client import submit, watch
+
+    job = await submit("http://127.0.0.1:8000", "count", {"n": 5})
+    async for event in watch("http://127.0.0.1:8000", job.job, job.token):
+        print(event["seq"], event["data"])
+
+`watch` keeps the service's guarantee for you across reconnects: when the socket drops (a
+gateway restarting, a network blip) it reconnects with jittered backoff and watches again from
+the last `id` it yielded, and it drops anything it already yielded, so every event comes once,
+in `seq` order. It ends after the job's terminal event (`done` or `failed`) and raises
+`WatchError` for an error that ends the watch (`gone`, `unauthorized`, ...). Transient errors
+(`busy`, `capacity`, `unavailable`) go to `on_error` and the watch goes on.
+
+Only `httpx` and `websockets` are needed (the `client` extra), none of the server's packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+TRANSIENT = frozenset({"busy", "capacity", "unavailable"})
+TERMINAL_EVENTS = frozenset({"done", "failed"})
+# Close codes after which reconnecting would only be refused again.
+FATAL_CLOSES = frozenset({1008, 1009})
+
+
+class ClientError(Exception):
+    """An error the gateway answered, in the contract's shape."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class WatchError(ClientError):
+    """The watch ended without its terminal event (`gone`, `unauthorized`, a fatal close)."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: str
+    token: str
+
+
+def socket_url(base: str) -> str:
+    """`http(s)://host:port[/prefix]` -> `ws(s)://host:port[/prefix]/ws`."""
+    parts = urlsplit(base)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
+
+
+def seq_of(stream_id: str | None) -> int:
+    if not stream_id:
+        return 0
+    head = stream_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+async def submit(
+    base: str,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    api_key: str | None = None,
+    timeout_s: float = 10.0,
+) -> Submitted:
+    """Submit a job; returns its id and watch token, or raises `ClientError`."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=timeout_s) as http:
+        reply = await http.post(
+            base.rstrip("/") + "/jobs", json={"kind": kind, "payload": payload}, headers=headers
+        )
+    try:
+        body = reply.json()
+    except ValueError:
+        body = {}
+    if reply.status_code != 202:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise ClientError(
+            error.get("code", "http_error"),
+            error.get("message", reply.reason_phrase),
+            reply.status_code,
+        )
+    return Submitted(body["job"], body["token"])
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """Jittered exponential backoff: many clients dropped at once do not return in step."""
+    ceiling = min(cap_s, 0.25 * 2.0**attempt)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+async def watch(
+    base: str,
+    job: str,
+    token: str,
+    after: str | None = None,
+    *,
+    max_backoff_s: float = 10.0,
+    on_error: Callable[[ClientError], None] | None = None,
+    on_reconnect: Callable[[str | None, float], None] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every event of `job` after stream id `after` (all when None), live, until it ends.
+
+    `on_reconnect(last_id, delay_s)` is called before each reconnect; `on_error` with each
+    transient error the gateway reports (the watch goes on by itself).
+    """
+    last_id, last_seq = after, seq_of(after)
+    attempt = 0
+    url = socket_url(base)
+    while True:
+        try:
+            async with websockets.connect(url, open_timeout=10, max_size=None) as ws:
+                attempt = 0
+                request = {"op": "watch", "job": job, "token": token, "after": last_id}
+                await ws.send(json.dumps(request))
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    if frame.get("job") not in (job, None):
+                        continue
+                    kind = frame.get("type")
+                    if kind == "event":
+                        if frame["seq"] <= last_seq:
+                            continue  # delivered before the reconnect
+                        last_seq, last_id = frame["seq"], frame["id"]
+                        yield frame
+                        if frame["event"] in TERMINAL_EVENTS:
+                            return
+                    elif kind == "error":
+                        error = ClientError(frame["code"], frame["message"])
+                        if frame["code"] not in TRANSIENT:
+                            raise WatchError(error.code, error.message)
+                        if on_error is not None:
+                            on_error(error)
+        except ConnectionClosed as e:
+            code = e.rcvd.code if e.rcvd is not None else None
+            if code in FATAL_CLOSES:
+                reason = e.rcvd.reason if e.rcvd is not None else ""
+                message = f"the gateway closed the socket ({code}) {reason}".strip()
+                raise WatchError("closed", message) from e
+        except InvalidURI:
+            raise
+        except (OSError, InvalidHandshake, TimeoutError):
+            pass  # the gateway is not there (yet): try again
+        delay = backoff_s(attempt, max_backoff_s)
+        attempt += 1
+        if on_reconnect is not None:
+            on_reconnect(last_id, delay)
+        await asyncio.sleep(delay)

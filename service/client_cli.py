@@ -1,0 +1,76 @@
+"""`python -m service watch` and `python -m service submit`: the Python client from a shell.
+
+`watch` prints each event as one JSON line and exits 0 after `done`, 1 after `failed`, 2 when
+the watch ends with an error (printed to stderr). Reconnects and resumes like `client.watch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    url = os.environ.get("RESULTCAST_URL", DEFAULT_URL)
+    url_help = f"the gateway's base URL (default: $RESULTCAST_URL or {DEFAULT_URL})"
+    watch = commands.add_parser("watch", help="print a job's events as JSON lines")
+    watch.add_argument("job", help="the job id")
+    watch.add_argument("--token", required=True, help="the job's watch token")
+    watch.add_argument("--after", help="start after this event id (default: from the first)")
+    watch.add_argument("--url", default=url, help=url_help)
+
+    submit = commands.add_parser("submit", help="submit a job; prints {job, token} as JSON")
+    submit.add_argument("kind", help="the job kind, e.g. count")
+    submit.add_argument("payload", nargs="?", default="{}", help="the payload, a JSON object")
+    submit.add_argument("--url", default=url, help=url_help)
+    submit.add_argument(
+        "--api-key", default=os.environ.get("RESULTCAST_API_KEY"), help="(or $RESULTCAST_API_KEY)"
+    )
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from service.client import WatchError, watch
+
+    def reconnecting(last_id: str | None, delay_s: float) -> None:
+        print(f"reconnecting in {delay_s:.1f} s, resuming after {last_id}", file=sys.stderr)
+
+    try:
+        async for event in watch(
+            args.url, args.job, args.token, args.after, on_reconnect=reconnecting
+        ):
+            print(json.dumps(event, separators=(",", ":")), flush=True)
+            if event["event"] == "failed":
+                return 1
+    except WatchError as e:
+        print(f"watch ended: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from service.client import ClientError, submit
+
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as e:
+        print(f"the payload is not JSON: {e}", file=sys.stderr)
+        return 2
+    try:
+        job = await submit(args.url, args.kind, payload, api_key=args.api_key)
+    except ClientError as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"cannot reach {args.url}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"job": job.job, "token": job.token}))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_watch(args) if args.command == "watch" else _submit(args))

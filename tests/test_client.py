@@ -1,0 +1,115 @@
+"""The Python client and its CLI against real gateways, including one restarted mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from service.client import ClientError, WatchError, socket_url, submit, watch
+from service.config import Settings
+from service.model import is_job_id, new_job_id
+from tests.conftest import PYTHON, ROOT, service_env, wait_for
+from tests.processes import gateway_process, ready, running_gateway, running_worker
+from tests.redis_servers import RedisServer, free_port
+from tests.ws_client import assert_exact
+
+
+def test_socket_urls() -> None:
+    assert socket_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/ws"
+    assert socket_url("https://example.org/rc/") == "wss://example.org/rc/ws"
+
+
+@pytest.mark.slow
+async def test_watch_survives_a_gateway_restart_mid_job(
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    events: list[dict[str, Any]] = []
+    reconnects: list[str | None] = []
+    enough = asyncio.Event()
+
+    async def follow(job: str, token: str) -> None:
+        async for event in watch(base, job, token, on_reconnect=lambda i, _: reconnects.append(i)):
+            events.append(event)
+            if len(events) == 10:
+                enough.set()
+
+    async with running_worker(settings):
+        with gateway_process(redis_server.url, port) as first:
+            await wait_for(lambda: ready(base), what="the gateway")
+            job = await submit(base, "count", {"n": 60, "interval_ms": 40})
+            follower = asyncio.create_task(follow(job.job, job.token))
+            await asyncio.wait_for(enough.wait(), 20)
+            first.send_signal(signal.SIGTERM)  # its sockets get 1001
+            await asyncio.to_thread(first.wait, 20)
+        with gateway_process(redis_server.url, port):
+            await asyncio.wait_for(follower, 60)
+    assert reconnects and all(i is not None for i in reconnects)
+    assert_exact(events, job.job, 60)
+
+
+async def test_errors_that_end_a_watch_are_raised(
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    async with running_gateway(settings) as base:
+        with pytest.raises(ClientError) as refused:
+            await submit(base, "no-such-kind", {})
+        assert (refused.value.status, refused.value.code) == (400, "unknown_kind")
+        job = await submit(base, "echo", {})
+        with pytest.raises(WatchError) as ended:
+            async for _ in watch(base, job.job, "forged-token"):
+                pass
+        assert ended.value.code == "unauthorized"
+
+
+async def test_the_cli_prints_events_as_json_lines(
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "service", *args,
+            env=service_env(redis_server.url), cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        return process.returncode or 0, out.decode(), err.decode()
+
+    async with running_worker(settings), running_gateway(settings) as base:
+        rc, out, err = await cli("submit", "count", '{"n": 3}', "--url", base)
+        assert rc == 0, err
+        job = json.loads(out)
+        rc, out, err = await cli("watch", job["job"], "--token", job["token"], "--url", base)
+        assert rc == 0, err
+        assert_exact([json.loads(line) for line in out.splitlines()], job["job"], 3)
+        failing = json.loads((await cli("submit", "fail", '{"message": "no"}', "--url", base))[1])
+        rc, out, err = await cli(
+            "watch", failing["job"], "--token", failing["token"], "--url", base
+        )
+        assert rc == 1 and json.loads(out)["event"] == "failed", err
+        rc, _, err = await cli("watch", job["job"], "--token", "forged", "--url", base)
+        assert rc == 2 and "unauthorized" in err
+
+
+def test_the_client_needs_none_of_the_server_packages() -> None:
+    hide = ["starlette", "uvicorn", "redis", "orjson", "prometheus_client", "hiredis"]
+    code = (
+        "import sys\n"
+        f"for name in {hide!r}: sys.modules[name] = None\n"
+        "import service.client, service.client_cli\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_job_ids_never_look_like_options() -> None:
+    """`python -m service watch -abc` would be read as an option: such ids are never made."""
+    ids = [new_job_id() for _ in range(20_000)]
+    assert all(is_job_id(job) and not job.startswith("-") for job in ids)
+    assert len(set(ids)) == len(ids)
