@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
+
 from service.config import Settings
 from service.gateway.server import gateway_server
 from service.handlers import BUILTIN_HANDLERS, Handler
@@ -70,3 +72,18 @@ def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Pop
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def gateway_process(
+    url: str, port: int
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A gateway as a child process on `port`, so that a test can kill and restart it."""
+    return service_process(url, "gateway", "--port", str(port))
+
+
+async def ready(base: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            return (await http.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from service.config import Settings
 from service.delivery import Delivery, create_delivery
@@ -168,6 +169,8 @@ def create_app(settings: Settings) -> GatewayApp:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", index, methods=["GET"]),
+            # The browser client (resultcast.js) and the demo page's files.
+            Mount("/static", StaticFiles(packages=[("service.gateway", "static")]), name="static"),
         ],
         lifespan=lifespan,
         exception_handlers={

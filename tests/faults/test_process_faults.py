@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-from contextlib import AbstractContextManager
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
 from tests.conftest import wait_for
-from tests.processes import running_gateway, running_worker, service_process
+from tests.processes import gateway_process, ready, running_gateway, running_worker
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact, connect, submit
 
 pytestmark = pytest.mark.slow
-
-
-def gateway_process(url: str, port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
-    return service_process(url, "gateway", "--port", str(port))
-
-
-async def ready(base: str) -> bool:
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
-            return (await http.get("/readyz")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_a_killed_gateway_s_clients_resume_on_another(

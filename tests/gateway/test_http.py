@@ -164,4 +164,10 @@ async def test_the_demo_page_is_served(http: httpx.AsyncClient) -> None:
     page = await http.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert "/ws" in page.text and "/jobs" in page.text
+    assert "/static/resultcast.js" in page.text and "/metrics" in page.text
+    module = await http.get("/static/resultcast.js")
+    assert module.status_code == 200
+    assert module.headers["content-type"].startswith("text/javascript")
+    assert "export function watch" in module.text
+    missing = await http.get("/static/nothing.js")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

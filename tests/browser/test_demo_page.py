@@ -1,0 +1,108 @@
+"""The demo page and the browser client in a real Chromium (Debian's, driven by Playwright).
+
+The gateway runs as a child process on a fixed port so that it can be restarted under the
+page; the page must reconnect by itself and finish the job with no duplicate and no hole.
+A screenshot of the finished page goes to `.ci/artifacts/` (CI keeps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from service.config import Settings
+from tests.conftest import ROOT, wait_for
+from tests.processes import gateway_process, ready, running_worker
+from tests.redis_servers import RedisServer, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / ".ci" / "artifacts"
+# Headless, and kept off the network: this machine allows loopback only.
+FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--metrics-recording-only",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def submit_from_the_page(page: Page, payload: str) -> None:
+    await page.get_by_label("Kind").select_option("count")
+    await page.get_by_label("Payload (JSON)").fill(payload)
+    await page.get_by_role("button", name="Submit and watch").click()
+
+
+async def shown_seqs(page: Page) -> list[int]:
+    values = await page.locator(".job .events li").evaluate_all(
+        "items => items.map(i => Number(i.dataset.seq))"
+    )
+    return [int(v) for v in values]
+
+
+async def test_the_page_shows_a_count_job_in_order_across_a_gateway_restart(
+    browser: Browser, redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    page = await browser.new_page(viewport={"width": 1100, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    async with running_worker(settings):
+        with gateway_process(redis_server.url, port) as first:
+            await wait_for(lambda: ready(base), what="the gateway")
+            await page.goto(base)
+            # A short job first: all its events, in order.
+            await submit_from_the_page(page, '{"n": 5}')
+            await expect(page.locator(".job .status")).to_have_text("done")
+            assert await shown_seqs(page) == [1, 2, 3, 4, 5, 6]
+            await expect(page.locator("#socket")).to_have_text("connected")
+            # A longer one, and the gateway restarted in the middle of it.
+            await submit_from_the_page(page, '{"n": 40, "interval_ms": 50}')
+            latest = page.locator(".job").first
+            await page.wait_for_function(
+                "() => document.querySelector('.job .events').children.length >= 8",
+                timeout=15_000,
+            )
+            first.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(first.wait, 20)
+        await expect(page.locator("#socket")).to_have_attribute("data-state", "reconnecting")
+        with gateway_process(redis_server.url, port):
+            await expect(latest.locator(".status")).to_have_text("done", timeout=30_000)
+            await expect(page.locator("#socket")).to_have_text("connected")
+            await expect(page.locator("#resume")).to_contain_text("Resumed")
+            # The gateway's own figures: this page's socket, and a Redis command rate.
+            await expect(page.locator("#mode")).to_have_text("pubsub")
+            await expect(page.locator("#sockets")).to_have_text("1", timeout=10_000)
+            await expect(page.locator("#commands")).to_have_text(re.compile(r"^\d"), timeout=12_000)
+            seqs = await latest.locator(".events li").evaluate_all(
+                "items => items.map(i => Number(i.dataset.seq))"
+            )
+            assert seqs == list(range(1, 42)), seqs
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+    assert not problems, problems
