@@ -105,4 +105,13 @@ async def test_the_page_shows_a_count_job_in_order_across_a_gateway_restart(
             assert seqs == list(range(1, 42)), seqs
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+            # Readable on a phone: nothing wider than the screen.
+            phone = await browser.new_page(viewport={"width": 390, "height": 844})
+            await phone.goto(base)
+            await expect(phone.locator("#socket")).to_have_text("idle")
+            overflow = await phone.evaluate(
+                "() => document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+            await phone.screenshot(path=str(ARTIFACTS / "demo-page-phone.png"), full_page=True)
     assert not problems, problems
