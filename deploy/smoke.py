@@ -1,8 +1,13 @@
 """End-to-end check of a deployed stack, from a container on its network (used by CI).
 
-Submits a `count` job over HTTP, watches it over WebSocket and checks that every event arrives
-exactly once, in order; then keeps the socket open, prints WAITING, and expects the gateway to
-close it with 1001 when it is stopped. Standard library and `websockets` (in the image) only.
+SMOKE_MODE=close: submits a `count` job over HTTP, watches it over WebSocket and checks that
+every event arrives exactly once, in order; then keeps the socket open, prints WAITING, and
+expects the gateway to close it with 1001 when it is stopped.
+
+SMOKE_MODE=resume (through the two-gateway proxy): watches a longer job, prints WAITING once
+events flow, and while gateways are restarted under it, reconnects through the proxy and
+resumes with `after` = the last id it saw; checks every event arrived exactly once, in order,
+and that it did have to resume. Standard library and `websockets` (in the image) only.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import time
 import urllib.error
 import urllib.request
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 BASE = os.environ.get("GATEWAY_URL", "http://gateway:8000")
+SOCKET_URL = BASE.replace("http", "ws", 1) + "/ws"
 N = 50
+RESUME_N = 400
 
 
 def say(message: str) -> None:
@@ -39,8 +46,8 @@ def wait_ready(deadline_s: float = 90.0) -> None:
         time.sleep(0.5)
 
 
-def submit() -> tuple[str, str]:
-    body = json.dumps({"kind": "count", "payload": {"n": N, "interval_ms": 20}}).encode()
+def submit(n: int, interval_ms: int) -> tuple[str, str]:
+    body = json.dumps({"kind": "count", "payload": {"n": n, "interval_ms": interval_ms}}).encode()
     request = urllib.request.Request(
         f"{BASE}/jobs", body, {"Content-Type": "application/json"}, method="POST"
     )
@@ -49,11 +56,10 @@ def submit() -> tuple[str, str]:
     return answer["job"], answer["token"]
 
 
-def main() -> int:
-    wait_ready()
-    job, token = submit()
+def close_mode() -> int:
+    job, token = submit(N, 20)
     say(f"submitted job {job}")
-    with connect(BASE.replace("http", "ws", 1) + "/ws", open_timeout=10) as ws:
+    with connect(SOCKET_URL, open_timeout=10) as ws:
         ws.send(json.dumps({"op": "watch", "job": job, "token": token}))
         seqs: list[int] = []
         while True:
@@ -81,6 +87,52 @@ def main() -> int:
         sys.exit(f"smoke: expected close code 1001, got {code}")
     say("the gateway closed the socket with 1001")
     return 0
+
+
+def resume_mode() -> int:
+    job, token = submit(RESUME_N, 50)
+    say(f"submitted job {job} through {BASE}")
+    seqs: list[int] = []
+    last_id: str | None = None
+    closes: list[int | None] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with connect(SOCKET_URL, open_timeout=5) as ws:
+                ws.send(json.dumps({"op": "watch", "job": job, "token": token, "after": last_id}))
+                while True:
+                    frame = json.loads(ws.recv(timeout=30))
+                    if frame["type"] == "error" and frame["code"] not in ("busy", "unavailable"):
+                        sys.exit(f"smoke: error frame {frame}")
+                    if frame["type"] != "event":
+                        continue
+                    expected = len(seqs) + 1
+                    if frame["seq"] != expected:  # a duplicate or a hole
+                        sys.exit(f"smoke: expected seq {expected}, got {frame['seq']}")
+                    seqs.append(frame["seq"])
+                    last_id = frame["id"]
+                    if len(seqs) == 20:
+                        say("WAITING for the gateways to restart")
+                    if frame["event"] in ("done", "failed"):
+                        break
+            break
+        except ConnectionClosed as e:
+            closes.append(e.rcvd.code if e.rcvd else None)
+            say(f"socket closed ({closes[-1]}) after seq {seqs[-1] if seqs else 0}; resuming")
+        except (OSError, InvalidHandshake, TimeoutError) as e:
+            say(f"reconnecting: {type(e).__name__}")
+            time.sleep(0.3)
+    if seqs != list(range(1, RESUME_N + 2)):
+        sys.exit(f"smoke: expected seqs 1..{RESUME_N + 1} once each, got {len(seqs)}: {seqs}")
+    if not closes:
+        sys.exit("smoke: the socket was never closed: no gateway restart was seen")
+    say(f"all {len(seqs)} events exactly once, in order, across {len(closes)} close(s) {closes}")
+    return 0
+
+
+def main() -> int:
+    wait_ready()
+    return resume_mode() if os.environ.get("SMOKE_MODE") == "resume" else close_mode()
 
 
 if __name__ == "__main__":
