@@ -23,8 +23,10 @@ from service.bench.harness import (
     percentile_ms,
     proc_stats,
     sleep_with_progress,
+    start_after_setup,
     until,
     watch_all,
+    watch_all_live,
 )
 from service.bench.params import Params
 from service.bench.wsload import Received, WsProtocol, open_sockets
@@ -131,7 +133,7 @@ async def _run_ticks(
     with stack.worker(concurrency=sockets_count + 8):
         await stack.kind_registered("tick")
         jobs = await stack.submit_many("tick", payload, sockets_count, progress)
-        watch_all(sockets, jobs)
+        await watch_all_live(sockets, jobs, sink)
         total = sockets_count * expected
         await until(
             lambda: sink.events >= total,
@@ -146,7 +148,8 @@ async def _run_ticks(
 
 async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
     # All jobs start together a moment after submission, once every socket watches.
-    payload = {"n": p.burst_events, "interval_ms": 0, "start_ns": time.time_ns() + 3_000_000_000}
+    start_ns = start_after_setup(p.burst_jobs)
+    payload = {"n": p.burst_events, "interval_ms": 0, "start_ns": start_ns}
     expected = p.burst_events + 1
     sink, sockets = await _run_ticks(
         stack,
@@ -165,6 +168,7 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "delivered": sink.events,
         "events_per_s": sink.events / span_s,
         **latency_figures(lat),
+        "emitted_before_watches_were_live": sink.before_live,
         **exactness(sockets, expected),
     }
 
@@ -172,7 +176,8 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
 async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
     interval_ms = p.steady_sockets * 1000 / p.steady_rate
     n = max(1, int(p.steady_seconds * 1000 / interval_ms))
-    payload = {"n": n, "interval_ms": interval_ms, "start_ns": time.time_ns() + 5_000_000_000}
+    start_ns = start_after_setup(p.steady_sockets)
+    payload = {"n": n, "interval_ms": interval_ms, "start_ns": start_ns}
     sink, sockets = await _run_ticks(
         stack,
         f"{result.mode}: steady",
@@ -188,6 +193,7 @@ async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "events_per_s": p.steady_rate,
         "events": sink.events,
         **latency_figures(lat),
+        "emitted_before_watches_were_live": sink.before_live,
         **exactness(sockets, n + 1),
     }
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import redis.asyncio as redis
 
-from service.bench.wsload import WsProtocol
+from service.bench.wsload import Received, WsProtocol
 from service.dev import free_port, spawn, start_redis, stop
 from service.keys import Keys
 from service.migrate import migrate
@@ -126,6 +126,24 @@ def watch_all(sockets: list[WsProtocol], jobs: list[tuple[str, str]]) -> None:
     for index, ws in enumerate(sockets):
         job, token = jobs[index % len(jobs)]
         ws.send({"op": "watch", "job": job, "token": token})
+
+
+def start_after_setup(jobs: int, base_s: float = 3.0) -> int:
+    """When tick jobs should start (`start_ns`): after they are all submitted and watched.
+
+    Submitting and watching take about 5 ms per job here; twice that, plus `base_s`, leaves
+    a margin. Events emitted earlier are still delivered and checked, but not timed.
+    """
+    return time.time_ns() + int((base_s + jobs * 0.010) * 1e9)
+
+
+async def watch_all_live(
+    sockets: list[WsProtocol], jobs: list[tuple[str, str]], sink: Received
+) -> None:
+    """Watch, wait for every `watching` frame, and count latency from that moment on."""
+    watch_all(sockets, jobs)
+    await until(lambda: sink.frames - sink.events >= len(sockets), 120)
+    sink.live_from_ns = time.time_ns()
 
 
 async def close_all(sockets: list[WsProtocol]) -> None:

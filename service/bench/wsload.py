@@ -40,6 +40,10 @@ class Received:
     frames: int = 0
     events: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    # Latency counts only events emitted once every watch was live: earlier ones reach their
+    # socket by catch-up when the watch starts, which says how long setup took, not delivery.
+    live_from_ns: int = 0
+    before_live: int = 0
     first_ns: int = 0
     last_ns: int = 0
     close_codes: list[int] = field(default_factory=list)
@@ -139,7 +143,10 @@ class WsProtocol(asyncio.Protocol):
                     self.seqs.setdefault(event["job"], []).append(event["seq"])
                 data = event.get("data")
                 if isinstance(data, dict) and "t_ns" in data:
-                    sink.latencies_ns.append(time.time_ns() - data["t_ns"])
+                    if data["t_ns"] >= sink.live_from_ns:
+                        sink.latencies_ns.append(time.time_ns() - data["t_ns"])
+                    else:
+                        sink.before_live += 1
         if self._on_frame is not None:
             self._on_frame()
 
