@@ -18,9 +18,11 @@ import pytest
 import redis.asyncio as redis
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from service import tokens
 from service.config import Settings
+from service.model import new_job_id
 from tests.conftest import ROOT, wait_for
-from tests.processes import gateway_process, ready, running_worker
+from tests.processes import gateway_process, ready, running_gateway, running_worker
 from tests.redis_servers import RedisServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -115,3 +117,28 @@ async def test_the_page_shows_a_count_job_in_order_across_a_gateway_restart(
             assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
             await phone.screenshot(path=str(ARTIFACTS / "demo-page-phone.png"), full_page=True)
     assert not problems, problems
+
+
+async def test_the_browser_client_surfaces_errors_that_end_a_watch(
+    browser: Browser, redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    unknown = new_job_id()
+    page = await browser.new_page()
+    async with running_gateway(settings) as base:
+        await page.goto(base)
+        errors = await page.evaluate(
+            """async ([unknown, token]) => {
+                const {Resultcast} = await import("/static/resultcast.js");
+                const client = new Resultcast();
+                const ended = (job, t) => new Promise((resolve) =>
+                    client.watch(job, t, {onError: resolve, onEvent: () => resolve("event")}));
+                const result = [await ended(unknown, "forged"), await ended(unknown, token)];
+                client.close();
+                return result;
+            }""",
+            [unknown, tokens.sign(unknown, settings.secret_key)],
+        )
+    assert [(e["code"], e["transient"], e["job"]) for e in errors] == [
+        ("unauthorized", False, unknown),
+        ("gone", False, unknown),
+    ], errors
