@@ -2,8 +2,8 @@
 
     from service.client import submit, watch
 
-    job = await submit("http://127.0.0.1:8000", "count", {"n": 5})
-    async for event in watch("http://127.0.0.1:8000", job.job, job.token):
+    job = await submit("count", {"n": 5})                 # base: $RESULTCAST_URL or :8000
+    async for event in watch(job.job, job.token):
         print(event["seq"], event["data"])
 
 `watch` keeps the service's guarantee for you across reconnects: when the socket drops (a
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+DEFAULT_BASE = "http://127.0.0.1:8000"
 TRANSIENT = frozenset({"busy", "capacity", "unavailable"})
 TERMINAL_EVENTS = frozenset({"done", "failed"})
 # Close codes after which reconnecting would only be refused again.
@@ -56,6 +58,11 @@ class Submitted:
     token: str
 
 
+def default_base() -> str:
+    """The gateway to talk to when none is given: `$RESULTCAST_URL`, else a local one."""
+    return os.environ.get("RESULTCAST_URL", DEFAULT_BASE)
+
+
 def socket_url(base: str) -> str:
     """`http(s)://host:port[/prefix]` -> `ws(s)://host:port[/prefix]/ws`."""
     parts = urlsplit(base)
@@ -71,14 +78,15 @@ def seq_of(stream_id: str | None) -> int:
 
 
 async def submit(
-    base: str,
     kind: str,
     payload: dict[str, Any],
     *,
+    base: str | None = None,
     api_key: str | None = None,
     timeout_s: float = 10.0,
 ) -> Submitted:
     """Submit a job; returns its id and watch token, or raises `ClientError`."""
+    base = base or default_base()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(timeout=timeout_s) as http:
         reply = await http.post(
@@ -105,11 +113,11 @@ def backoff_s(attempt: int, cap_s: float) -> float:
 
 
 async def watch(
-    base: str,
     job: str,
     token: str,
     after: str | None = None,
     *,
+    base: str | None = None,
     max_backoff_s: float = 10.0,
     on_error: Callable[[ClientError], None] | None = None,
     on_reconnect: Callable[[str | None, float], None] | None = None,
@@ -121,7 +129,7 @@ async def watch(
     """
     last_id, last_seq = after, seq_of(after)
     attempt = 0
-    url = socket_url(base)
+    url = socket_url(base or default_base())
     while True:
         try:
             async with websockets.connect(url, open_timeout=10, max_size=None) as ws:

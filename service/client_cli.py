@@ -12,12 +12,12 @@ import json
 import os
 import sys
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-
 
 def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    url = os.environ.get("RESULTCAST_URL", DEFAULT_URL)
-    url_help = f"the gateway's base URL (default: $RESULTCAST_URL or {DEFAULT_URL})"
+    # Resolved by the client when absent; this module imports nothing heavy (every command's
+    # parser is built from it).
+    url = None
+    url_help = "the gateway's base URL (default: $RESULTCAST_URL, else http://127.0.0.1:8000)"
     watch = commands.add_parser("watch", help="print a job's events as JSON lines")
     watch.add_argument("job", help="the job id")
     watch.add_argument("--token", required=True, help="the job's watch token")
@@ -41,7 +41,7 @@ async def _watch(args: argparse.Namespace) -> int:
 
     try:
         async for event in watch(
-            args.url, args.job, args.token, args.after, on_reconnect=reconnecting
+            args.job, args.token, args.after, base=args.url, on_reconnect=reconnecting
         ):
             print(json.dumps(event, separators=(",", ":")), flush=True)
             if event["event"] == "failed":
@@ -61,7 +61,7 @@ async def _submit(args: argparse.Namespace) -> int:
         print(f"the payload is not JSON: {e}", file=sys.stderr)
         return 2
     try:
-        job = await submit(args.url, args.kind, payload, api_key=args.api_key)
+        job = await submit(args.kind, payload, base=args.url, api_key=args.api_key)
     except ClientError as e:
         print(f"refused: {e}", file=sys.stderr)
         return 2
@@ -73,4 +73,13 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import service.client  # noqa: F401 (httpx and websockets present?)
+    except ImportError as e:
+        print(
+            f"`{args.command}` needs the client's packages ({e.name} is missing): "
+            "pip install 'resultcast[client]'",
+            file=sys.stderr,
+        )
+        return 2
     return asyncio.run(_watch(args) if args.command == "watch" else _submit(args))

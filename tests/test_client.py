@@ -37,7 +37,9 @@ async def test_watch_survives_a_gateway_restart_mid_job(
     enough = asyncio.Event()
 
     async def follow(job: str, token: str) -> None:
-        async for event in watch(base, job, token, on_reconnect=lambda i, _: reconnects.append(i)):
+        async for event in watch(
+            job, token, base=base, on_reconnect=lambda i, _: reconnects.append(i)
+        ):
             events.append(event)
             if len(events) == 10:
                 enough.set()
@@ -45,7 +47,7 @@ async def test_watch_survives_a_gateway_restart_mid_job(
     async with running_worker(settings):
         with gateway_process(redis_server.url, port) as first:
             await wait_for(lambda: ready(base), what="the gateway")
-            job = await submit(base, "count", {"n": 60, "interval_ms": 40})
+            job = await submit("count", {"n": 60, "interval_ms": 40}, base=base)
             follower = asyncio.create_task(follow(job.job, job.token))
             await asyncio.wait_for(enough.wait(), 20)
             first.send_signal(signal.SIGTERM)  # its sockets get 1001
@@ -61,11 +63,11 @@ async def test_errors_that_end_a_watch_are_raised(
 ) -> None:
     async with running_gateway(settings) as base:
         with pytest.raises(ClientError) as refused:
-            await submit(base, "no-such-kind", {})
+            await submit("no-such-kind", {}, base=base)
         assert (refused.value.status, refused.value.code) == (400, "unknown_kind")
-        job = await submit(base, "echo", {})
+        job = await submit("echo", {}, base=base)
         with pytest.raises(WatchError) as ended:
-            async for _ in watch(base, job.job, "forged-token"):
+            async for _ in watch(job.job, "forged-token", base=base):
                 pass
         assert ended.value.code == "unauthorized"
 

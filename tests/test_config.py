@@ -110,12 +110,28 @@ def _run_without_dev_extras(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "command",
-    ["--help", "gateway --help", "worker --help", "migrate --help", "dev --help", "bench --help"],
+    [
+        "--help",
+        "gateway --help",
+        "worker --help",
+        "migrate --help",
+        "dev --help",
+        "bench --help",
+        "watch --help",
+        "submit --help",
+        "healthcheck --help",
+    ],
 )
 def test_every_command_works_without_the_dev_extras(command: str) -> None:
     result = _run_without_dev_extras(*command.split())
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_the_client_commands_without_httpx_say_what_to_install() -> None:
+    result = _run_without_dev_extras("watch", "job", "--token", "t")
+    assert result.returncode == 2
+    assert "pip install 'resultcast[client]'" in result.stderr
 
 
 def test_bench_without_its_extras_says_what_to_install() -> None:
