@@ -18,6 +18,7 @@ RUN mkdir -p service migrations && touch service/__init__.py \
 COPY service ./service
 COPY migrations ./migrations
 RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/pip uninstall -y pip setuptools \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- runtime: the venv, a non-root user, nothing else ---------------------------------------
@@ -25,7 +26,8 @@ FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin resultcast
+RUN groupadd --system --gid 10001 resultcast \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin resultcast
 COPY --from=build /opt/venv /opt/venv
 # The migrations travel inside the package (service/_migrations); this copy is for reading.
 COPY migrations /app/migrations
