@@ -37,6 +37,7 @@ from redis.retry import Retry
 from service.breaker import BreakerState, CircuitBreaker
 from service.config import Settings
 from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable, ServiceError
+from service.server_identity import ServerIdentity, info_field
 
 log = logging.getLogger(__name__)
 
@@ -59,55 +60,6 @@ class CommandCounter:
 
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-@dataclass
-class ServerIdentity:
-    """The Redis server this process reaches, as its connections last saw it.
-
-    `generation` goes up each time a new connection finds a run id or replication id other
-    than the one seen before; whoever holds state derived from the old server compares it.
-    A server that refuses `INFO` (an ACL without it) leaves the identity unknown: then only
-    the position checks of catch-up detect lost data.
-    """
-
-    run_id: bytes | None = None
-    replication_id: bytes | None = None
-    generation: int = 0
-    _warned: bool = False
-
-    def observe(self, run_id: bytes | None, replication_id: bytes | None) -> None:
-        if run_id is None:
-            return
-        if self.run_id is not None and (run_id, replication_id) != (
-            self.run_id,
-            self.replication_id,
-        ):
-            self.generation += 1
-            log.warning(
-                "Redis is now a different server, or its data was replaced (run id %s..., "
-                "replication id %s...); watches will be checked against its data",
-                run_id[:8].decode(errors="replace"),
-                (replication_id or b"?")[:8].decode(errors="replace"),
-            )
-        self.run_id, self.replication_id = run_id, replication_id
-
-    def refused(self, error: Exception) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning(
-                "cannot read the Redis server's run id (%s); failover detection "
-                "falls back to position checks",
-                error,
-            )
-
-
-def _info_field(info: bytes, name: bytes) -> bytes | None:
-    for line in info.splitlines():
-        key, sep, value = line.partition(b":")
-        if sep and key == name:
-            return value.strip()
-    return None
 
 
 def _counting_class(
@@ -136,7 +88,7 @@ def _counting_class(
         except ResponseError as e:
             identity.refused(e)
             return
-        identity.observe(_info_field(server, b"run_id"), _info_field(replication, b"master_replid"))
+        identity.observe(info_field(server, b"run_id"), info_field(replication, b"master_replid"))
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
         name = args[0]

@@ -32,7 +32,8 @@ from itertools import islice
 from service.codec import is_terminal_frame, seq_of_frame
 from service.delivery.base import Watcher
 from service.model import ErrorCode, ServiceError
-from service.redis_client import ServerIdentity, backoff_s
+from service.redis_client import backoff_s
+from service.server_identity import ServerIdentity
 from service.stats import GatewayStats
 from service.streams import EventReader, Page
 
