@@ -40,7 +40,7 @@ async def test_a_user_without_info_connects_and_is_warned_once(
 ) -> None:
     admin = redis_server.client()
     rules = ["on", ">s3cret-pw", "~*", "&*", "+@all", "-info"]
-    await admin.execute_command("ACL", "SETUSER", "noinfo", *rules)  # type: ignore[no-untyped-call]
+    await admin.execute_command("ACL", "SETUSER", "noinfo", *rules)
     await admin.aclose()
     url = f"redis://noinfo:s3cret-pw@127.0.0.1:{redis_server.port}/0"
     factory = RedisFactory(make_settings(url), "gateway")
