@@ -8,11 +8,15 @@ A screenshot of the finished page goes to `.ci/artifacts/` (CI keeps it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
 import signal
+import threading
 from collections.abc import AsyncIterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -21,12 +25,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from service import tokens
 from service.config import Settings
 from service.model import new_job_id
+from tests import ws_client
 from tests.conftest import ROOT, wait_for
 from tests.processes import gateway_process, ready, running_gateway, running_worker
 from tests.redis_servers import RedisServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".ci" / "artifacts"
+STATIC = ROOT / "service" / "gateway" / "static"
 # Headless, and kept off the network: this machine allows loopback only.
 FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -142,3 +148,41 @@ async def test_the_browser_client_surfaces_errors_that_end_a_watch(
         ("unauthorized", False, unknown),
         ("gone", False, unknown),
     ], errors
+
+
+APP_PAGE = """<!doctype html><meta charset="utf-8"><title>an app</title>
+<script type="module">
+import {configure, watch} from "./resultcast.js";
+window.follow = (base, job, token) => new Promise((resolve, reject) => {
+  configure({base});
+  const seqs = [];
+  const onEvent = (e) => seqs.push(e.seq);
+  watch(job, token, {onEvent, onDone: () => resolve(seqs), onError: reject});
+});
+</script>"""
+
+
+async def test_a_copy_of_the_module_on_another_origin_watches_jobs(
+    browser: Browser,
+    redis_server: RedisServer,
+    settings: Settings,
+    migrated: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """An app serves its own copy of resultcast.js; its backend submitted the job."""
+    (tmp_path / "resultcast.js").write_bytes((STATIC / "resultcast.js").read_bytes())
+    (tmp_path / "index.html").write_text(APP_PAGE)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    app = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=app.serve_forever, daemon=True)
+    serving.start()
+    page = await browser.new_page()
+    try:
+        async with running_worker(settings), running_gateway(settings) as base:
+            job, token = await ws_client.submit(base, "count", {"n": 4})
+            await page.goto(f"http://127.0.0.1:{app.server_address[1]}/index.html")
+            seqs = await page.evaluate("([b, j, t]) => follow(b, j, t)", [base, job, token])
+    finally:
+        app.shutdown()
+        app.server_close()
+    assert seqs == [1, 2, 3, 4, 5]

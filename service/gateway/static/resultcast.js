@@ -171,10 +171,26 @@ export class Resultcast {
 
 /** @type {Resultcast | null} */
 let shared = null;
+/** @type {string | undefined} */
+let sharedBase;
+
+/**
+ * Point the page's shared client at a gateway: needed when this module is not served by the
+ * gateway itself (a copy of the file, another origin). Watching works from any origin the
+ * gateway's ALLOWED_ORIGINS admits; submitting from another origin needs the page's own
+ * backend (the gateway sends no CORS headers, and `POST /jobs` may need an API key anyway).
+ * @param {{base: string, onState?: (change: StateChange) => void}} options
+ */
+export function configure({base, onState}) {
+  shared?.close();
+  sharedBase = base;
+  shared = new Resultcast(socketUrl(base), {onState});
+  return shared;
+}
 
 /** The page's shared client (created on first use). */
 export function client() {
-  shared ??= new Resultcast();
+  shared ??= new Resultcast(socketUrl(sharedBase));
   return shared;
 }
 
@@ -195,7 +211,7 @@ export function watch(job, token, options) {
  * @param {{base?: string, apiKey?: string}} [options]
  * @returns {Promise<{job: string, token: string}>}
  */
-export async function submit(kind, payload, {base = globalThis.location?.href, apiKey} = {}) {
+export async function submit(kind, payload, {base = sharedBase ?? globalThis.location?.href, apiKey} = {}) {
   /** @type {Record<string, string>} */
   const headers = {"content-type": "application/json"};
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
