@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 BASE = os.environ.get("GATEWAY_URL", "http://gateway:8000")
 SOCKET_URL = BASE.replace("http", "ws", 1) + "/ws"
 N = 50
-RESUME_N = 400
+RESUME_N = 600  # 30 s of events: longer than restarting both gateways
 
 
 def say(message: str) -> None:
@@ -90,15 +90,18 @@ def close_mode() -> int:
 
 
 def resume_mode() -> int:
-    job, token = submit(RESUME_N, 50)
-    say(f"submitted job {job} through {BASE}")
     seqs: list[int] = []
-    last_id: str | None = None
     closes: list[int | None] = []
+    job = token = last_id = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            with connect(SOCKET_URL, open_timeout=5) as ws:
+            with connect(SOCKET_URL, open_timeout=15) as ws:
+                if job is None:
+                    # Submitted once the socket is open, so the job is still running when its
+                    # first events arrive and the gateways are restarted under it.
+                    job, token = submit(RESUME_N, 50)
+                    say(f"submitted job {job} through {BASE}")
                 ws.send(json.dumps({"op": "watch", "job": job, "token": token, "after": last_id}))
                 while True:
                     frame = json.loads(ws.recv(timeout=30))
