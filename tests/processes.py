@@ -38,7 +38,16 @@ async def running_gateway(settings: Settings) -> AsyncIterator[str]:
     """A real uvicorn server on a free port, in this event loop; yields its base URL."""
     port = free_port()
     server = gateway_server(settings, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
+
+    async def serve() -> None:
+        # uvicorn exits the process on a failed startup; here that must be a test failure,
+        # not a SystemExit that escapes the event loop and stops pytest.
+        try:
+            await server.serve()
+        except SystemExit as e:
+            raise RuntimeError(f"the gateway failed to start (exit {e.code})") from None
+
+    task = asyncio.create_task(serve())
     try:
         await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
         if task.done():

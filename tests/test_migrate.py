@@ -11,7 +11,8 @@ import redis.asyncio as redis
 
 from service.keys import WORKERS_GROUP, Keys
 from service.migrate import MigrationError, expected_layout, migrate, require_layout, status
-from tests.conftest import PYTHON, ROOT, service_env
+from tests.conftest import PYTHON, ROOT, make_settings, service_env
+from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
 
 KEYS = Keys()
@@ -115,3 +116,12 @@ def test_processes_refuse_to_start_on_an_old_layout(
     assert result.returncode == 3
     assert "run `python -m service migrate` first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_gateway_does_not_start_on_an_unmigrated_redis(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(RuntimeError, match="failed to start"):
+        async with running_gateway(make_settings(redis_server.url)):
+            pass
+    assert any("run `python -m service migrate` first" in r.getMessage() for r in caplog.records)
