@@ -133,10 +133,12 @@ async def watch(
     while True:
         try:
             async with websockets.connect(url, open_timeout=10, max_size=None) as ws:
-                attempt = 0
                 request = {"op": "watch", "job": job, "token": token, "after": last_id}
                 await ws.send(json.dumps(request))
                 async for raw in ws:
+                    # The backoff starts over only once the gateway answers: one that accepts
+                    # and closes at once (at capacity, shutting down) is retried ever slower.
+                    attempt = 0
                     frame = json.loads(raw)
                     if frame.get("job") not in (job, None):
                         continue

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from websockets.asyncio.server import ServerConnection, serve
 
 from service.client import ClientError, WatchError, socket_url, submit, watch
 from service.config import Settings
@@ -115,3 +116,32 @@ def test_job_ids_never_look_like_options() -> None:
     ids = [new_job_id() for _ in range(20_000)]
     assert all(is_job_id(job) and not job.startswith("-") for job in ids)
     assert len(set(ids)) == len(ids)
+
+
+async def test_a_gateway_that_closes_at_once_is_retried_ever_slower() -> None:
+    """A gateway at capacity accepts and closes with 1013: the backoff must keep growing."""
+
+    async def refuse(connection: ServerConnection) -> None:
+        await connection.close(1013, "at capacity")
+
+    delays: list[float] = []
+    gave_up = asyncio.Event()
+
+    def reconnecting(_: str | None, delay_s: float) -> None:
+        delays.append(delay_s)
+        if len(delays) == 4:
+            gave_up.set()
+
+    async with serve(refuse, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+
+        async def follow() -> None:
+            async for _ in watch("j", "t", base=base, on_reconnect=reconnecting):
+                pass
+
+        follower = asyncio.create_task(follow())
+        await asyncio.wait_for(gave_up.wait(), 20)
+        follower.cancel()
+    # Full jitter within a doubling ceiling: attempt k waits between 0.125 and 0.25 s x 2^k.
+    assert all(0.125 * 2**k <= d <= 0.25 * 2**k for k, d in enumerate(delays)), delays

@@ -103,10 +103,14 @@ export class Resultcast {
     socket.onopen = () => {
       const resumed = [...this.watches].map(([job, w]) => ({job, after: w.lastId}));
       this.setState({state: "connected", attempt: this.attempt, resumed: this.attempt ? resumed : []});
-      this.attempt = 0;
       for (const job of this.watches.keys()) this.sendWatch(job);
     };
-    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onmessage = (message) => {
+      // The backoff starts over only once the gateway answers: one that accepts and closes
+      // at once (at capacity, shutting down) keeps being retried ever more slowly.
+      this.attempt = 0;
+      this.receive(JSON.parse(message.data));
+    };
     socket.onclose = (close) => this.closed(socket, close.code);
   }
 
