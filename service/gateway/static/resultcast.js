@@ -127,6 +127,7 @@ export class Resultcast {
       return;
     }
     if (!this.watches.size) {  // nothing to resume: connect again on the next watch
+      this.attempt = 0;
       this.setState({state: "idle", attempt: 0, closeCode: code});
       return;
     }
