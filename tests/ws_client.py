@@ -32,6 +32,14 @@ class Client:
     async def watch(self, job: str, token: str, after: str | None = None) -> None:
         await self.send({"op": "watch", "job": job, "token": token, "after": after})
 
+    async def watch_all(
+        self, jobs: list[tuple[str, str]], timeout_s: float = 30.0
+    ) -> asyncio.Task[dict[str, list[dict[str, Any]]]]:
+        """Watch every (job, token); a task collecting each job's frames until it ends."""
+        for job, token in jobs:
+            await self.watch(job, token)
+        return asyncio.create_task(self.events_until_terminal({j for j, _ in jobs}, timeout_s))
+
     async def events_until_terminal(
         self, jobs: set[str], timeout_s: float = 30.0
     ) -> dict[str, list[dict[str, Any]]]:

@@ -118,6 +118,15 @@ def exactness(sockets: list[WsProtocol], expected: int) -> dict[str, int]:
     return {"lost": lost, "duplicated": duplicated, "out_of_order": out_of_order}
 
 
+def delivery_figures(sink: Received, sockets: list[WsProtocol], expected: int) -> dict[str, Any]:
+    """Latency of the events timed, how many were not, and exactness per socket."""
+    return {
+        **latency_figures(sink.latencies_ns),
+        "emitted_before_watches_were_live": sink.before_live,
+        **exactness(sockets, expected),
+    }
+
+
 async def _run_ticks(
     stack: Stack,
     label: str,
@@ -160,16 +169,13 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         timeout_s=300,
     )
     span_s = max(1e-9, (sink.last_ns - sink.first_ns) / 1e9)
-    lat = sink.latencies_ns
-    result.burst_latencies_ns = lat
+    result.burst_latencies_ns = sink.latencies_ns
     result.burst = {
         "jobs": p.burst_jobs,
         "events_per_job": p.burst_events,
         "delivered": sink.events,
         "events_per_s": sink.events / span_s,
-        **latency_figures(lat),
-        "emitted_before_watches_were_live": sink.before_live,
-        **exactness(sockets, expected),
+        **delivery_figures(sink, sockets, expected),
     }
 
 
@@ -186,15 +192,12 @@ async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         expected=n + 1,
         timeout_s=p.steady_seconds + 120,
     )
-    lat = sink.latencies_ns
-    result.steady_latencies_ns = lat
+    result.steady_latencies_ns = sink.latencies_ns
     result.steady = {
         "sockets": p.steady_sockets,
         "events_per_s": p.steady_rate,
         "events": sink.events,
-        **latency_figures(lat),
-        "emitted_before_watches_were_live": sink.before_live,
-        **exactness(sockets, n + 1),
+        **delivery_figures(sink, sockets, n + 1),
     }
 
 

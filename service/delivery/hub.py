@@ -293,12 +293,12 @@ class Hub:
             self._dirty.discard(job)
             return
         for watcher, watch in list(watches.items()):
-            seq, frame = sent.get(watcher, (0, None))
+            seq, delivered = sent.get(watcher, (0, None))
             if not page.exists:
                 self._gone(job, watch, GONE_EXPIRED)
             elif seq > page.last_seq:
                 self._gone(job, watch, GONE_REWOUND)
-            elif frame is not None and seq in page.stored and page.stored[seq] != frame:
+            elif delivered is not None and seq in page.stored and page.stored[seq] != delivered:
                 self._gone(job, watch, GONE_REWRITTEN)
             elif self._max_replay and page.last_seq - seq > self._max_replay:
                 # Refused before anything is sent: never a partial replay.

@@ -46,9 +46,7 @@ async def test_killing_the_subscriber_repeatedly_loses_and_repeats_nothing(durab
     async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
         jobs = [await submit(base, "count", {"n": 60, "interval_ms": 25}) for _ in range(4)]
         async with connect(base) as ws:
-            for job, token in jobs:
-                await ws.watch(job, token)
-            collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+            collector = await ws.watch_all(jobs, 60)
             kills = 0
             while not collector.done() and kills < 8:
                 await wait_for(lambda: pubsub_clients(client), what="a subscriber to kill")
@@ -67,9 +65,7 @@ async def test_a_paused_then_restarted_redis_resumes_every_watch(durable: Any) -
     async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
         jobs = [await submit(base, "count", {"n": 40, "interval_ms": 30}) for _ in range(3)]
         async with connect(base) as ws:
-            for job, token in jobs:
-                await ws.watch(job, token)
-            collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+            collector = await ws.watch_all(jobs, 60)
             await asyncio.sleep(0.3)  # let a few events flow first
             await client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
             await asyncio.sleep(0.5)

@@ -59,9 +59,7 @@ def only_outage_errors(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_redis_frozen_longer_than_the_socket_timeouts(stack: Stack) -> None:
     jobs = [await submit(stack.base, "count", {"n": 40, "interval_ms": 50}) for _ in range(3)]
     async with connect(stack.base) as ws:
-        for job, token in jobs:
-            await ws.watch(job, token)
-        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 90))
+        collector = await ws.watch_all(jobs, 90)
         await asyncio.sleep(0.4)  # some events flow first
         assert stack.server.process is not None
         stack.server.process.send_signal(signal.SIGSTOP)
@@ -76,9 +74,7 @@ async def test_redis_frozen_longer_than_the_socket_timeouts(stack: Stack) -> Non
 async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> None:
     jobs = [await submit(stack.base, "count", {"n": 200, "interval_ms": 50}) for _ in range(2)]
     async with connect(stack.base) as ws:
-        for job, token in jobs:
-            await ws.watch(job, token)
-        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+        collector = await ws.watch_all(jobs, 60)
         await asyncio.sleep(0.5)
         stack.server.kill()
         stack.server.start()  # no persistence: every job, and the consumer group, is gone
@@ -101,9 +97,7 @@ async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> Non
 async def test_script_cache_flushed_under_load(stack: Stack) -> None:
     jobs = [await submit(stack.base, "count", {"n": 300, "interval_ms": 2}) for _ in range(4)]
     async with connect(stack.base) as ws:
-        for job, token in jobs:
-            await ws.watch(job, token)
-        collector = asyncio.create_task(ws.events_until_terminal({j for j, _ in jobs}, 60))
+        collector = await ws.watch_all(jobs, 60)
         while not collector.done():
             await stack.client.script_flush()
             await asyncio.sleep(0.05)
@@ -119,8 +113,6 @@ async def test_subscriber_past_its_output_buffer_limit(stack: Stack) -> None:
     await stack.client.config_set("client-output-buffer-limit", "pubsub 32kb 16kb 1")
     jobs = [await submit(stack.base, "count", {"n": 400, "size": 200}) for _ in range(4)]
     async with connect(stack.base) as ws:
-        for job, token in jobs:
-            await ws.watch(job, token)
-        got = await ws.events_until_terminal({j for j, _ in jobs}, 90)
+        got = await (await ws.watch_all(jobs, 90))
     for job, _ in jobs:
         assert_exact(only_outage_errors(got[job]), job, 400)

@@ -131,7 +131,8 @@ export class Resultcast {
       this.setState({state: "idle", attempt: 0, closeCode: code});
       return;
     }
-    // Full jitter: many tabs dropped by one gateway do not come back in step.
+    // Jitter (half to all of the ceiling): many tabs dropped by one gateway do not come back
+    // in step, and none comes back sooner than half the ceiling.
     const ceiling = Math.min(this.maxDelayMs, 250 * 2 ** this.attempt);
     const delayMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     this.attempt += 1;
