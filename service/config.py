@@ -81,6 +81,10 @@ class Settings:
     max_bad_frames_per_min: int = _env("MAX_BAD_FRAMES_PER_MIN", _int)
     max_watches_per_socket: int = _env("MAX_WATCHES_PER_SOCKET", _int)
     max_send_queue_bytes: int = _env("MAX_SEND_QUEUE_BYTES", _int)
+    send_stall_timeout_s: float = _env("SEND_STALL_TIMEOUT_S", _float)
+    # The kernel's send buffer per connection (SO_SNDBUF); 0 leaves Linux's autotuning, which
+    # lets each connection that stops reading hold up to `net.ipv4.tcp_wmem`'s maximum.
+    socket_send_buffer_bytes: int = _env("SOCKET_SEND_BUFFER_BYTES", _int)
     max_sockets: int = _env("MAX_SOCKETS", _int)
     allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", _list)
     catch_up_page_size: int = _env("CATCH_UP_PAGE_SIZE", _int)
@@ -137,6 +141,7 @@ class Settings:
             "max_frame_bytes",
             "max_watches_per_socket",
             "max_send_queue_bytes",
+            "send_stall_timeout_s",
             "max_sockets",
             "catch_up_page_size",
             "max_replay_events",
@@ -158,6 +163,11 @@ class Settings:
             if getattr(self, name) <= 0:
                 env = next(f.metadata["env"] for f in fields(self) if f.name == name)
                 raise ConfigError(f"{env}: expected a positive number, got {getattr(self, name)}")
+        if self.socket_send_buffer_bytes < 0:
+            raise ConfigError(
+                "SOCKET_SEND_BUFFER_BYTES: expected 0 (the kernel's default) or a positive "
+                f"number, got {self.socket_send_buffer_bytes}"
+            )
         if not self.key_prefix or any(c in self.key_prefix for c in "{}*?[] "):
             raise ConfigError(
                 f"KEY_PREFIX: expected a plain name without braces, globs or spaces, "
@@ -204,6 +214,8 @@ DEFAULTS: dict[str, Any] = {
     "max_bad_frames_per_min": 60,
     "max_watches_per_socket": 100,
     "max_send_queue_bytes": 4 * MiB,
+    "send_stall_timeout_s": 10.0,
+    "socket_send_buffer_bytes": 0,
     "max_sockets": 19_000,
     "allowed_origins": (),
     "catch_up_page_size": 500,

@@ -53,6 +53,7 @@ class GatewayCollector(Collector):
     mode: str
     watch_count: Callable[[], int]
     ready: Callable[[], bool]
+    paused_count: Callable[[], int]
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s, mode = self.stats, [self.mode]
@@ -70,6 +71,11 @@ class GatewayCollector(Collector):
 
         yield gauge("resultcast_sockets_open", "WebSocket connections open", s.sockets_open)
         yield gauge("resultcast_watches_active", "Watches held by open sockets", self.watch_count())
+        yield gauge(
+            "resultcast_watches_paused",
+            "Watches whose client is behind: served from the stream once it drains",
+            self.paused_count(),
+        )
         yield gauge(
             "resultcast_delivery_ready",
             "1 while events can be delivered live",
@@ -89,13 +95,20 @@ class GatewayCollector(Collector):
         )
         yield counter("resultcast_probes", "Liveness probes published", s.probes_sent)
         yield counter(
-            "resultcast_slow_client_closes", "Sockets closed with 1013", s.slow_client_closes
+            "resultcast_slow_client_closes",
+            "Sockets closed with 1013: they accepted nothing for SEND_STALL_TIMEOUT_S",
+            s.slow_client_closes,
+        )
+        yield counter(
+            "resultcast_flow_control_pauses",
+            "Times a watch was paused because its client had no room (flow control)",
+            s.flow_control_pauses,
         )
         yield counter("resultcast_bad_frames", "Client frames refused", s.bad_frames)
         catch_ups = CounterMetricFamily(
             "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
         )
-        for cause in ("watch", "resume", "gap", "reconnect", "subscribe", "failover"):
+        for cause in ("watch", "resume", "gap", "reconnect", "subscribe", "failover", "drained"):
             catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
         yield catch_ups
         closes = CounterMetricFamily(

@@ -52,7 +52,8 @@ class GatewayStats:
     subscriber_reconnects: int = 0
     failovers: int = 0  # times a different Redis server (or replaced data) was noticed
     probes_sent: int = 0
-    slow_client_closes: int = 0
+    slow_client_closes: int = 0  # closed with 1013: accepted nothing for SEND_STALL_TIMEOUT_S
+    flow_control_pauses: int = 0  # watches paused because their client had no room
     bad_frames: int = 0
     closes: Counter[int] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)

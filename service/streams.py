@@ -8,17 +8,18 @@ submission leaves at worst an orphan meta hash that expires with the result TTL.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as redis
+from redis.exceptions import NoScriptError
 
 from service.breaker import CircuitBreaker
 from service.keys import Keys
 from service.model import JobStatus, new_job_id, stream_id
 from service.redis_client import redis_errors, retrying
-from service.scripts import CREATE_JOB
+from service.scripts import CREATE_JOB, READ_PAGE
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,15 @@ class JobStore:
 
 
 @dataclass(frozen=True)
+class PageRequest:
+    """Read `job`'s events after `after_seq`: at most `max_bytes` of frames (and at least one)."""
+
+    job: str
+    after_seq: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
 class Page:
     """One job's stored events after a position, with where the job stands."""
 
@@ -106,12 +116,17 @@ class Page:
     last_seq: int
     frames: list[bytes]
     finished: bool = False  # the job has its terminal event (at `last_seq`)
+    more: bool = False  # the page stopped at a limit: more may follow `frames`
     # The stored frame at each position asked to be checked (None: no entry there).
     stored: dict[int, bytes | None] = field(default_factory=dict)
 
 
 class EventReader:
-    """Reads pages of events for many jobs in one pipelined round trip (catch-up)."""
+    """Reads pages of events for many jobs in one pipelined round trip (catch-up).
+
+    Pages are bounded in bytes by a script (`read_page.lua`), not only in events, so that
+    what a catch-up reads for a client never exceeds what that client's queue can take.
+    """
 
     def __init__(
         self, client: redis.Redis, keys: Keys, breaker: CircuitBreaker | None = None
@@ -122,34 +137,49 @@ class EventReader:
 
     async def pages(
         self,
-        positions: list[tuple[str, int]],
+        requests: list[PageRequest],
         count: int,
         checks: Mapping[str, list[int]] | None = None,
     ) -> list[Page]:
-        """A page per (job, after_seq); `checks` also reads the entries at those seqs."""
+        """A page per request; `checks` also reads the entries at those seqs of those jobs."""
         checks = checks or {}
         check_list = [(job, seq) for job, seqs in checks.items() for seq in seqs if seq > 0]
+        keys = self._keys
 
-        async def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for job, after_seq in positions:
-                pipe.hmget(self._keys.meta(job), ["seq", "status"])
-                pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=count)
-            for job, seq in check_list:
-                pipe.xrange(self._keys.events(job), stream_id(seq), stream_id(seq))
-            return list(await pipe.execute())
+        def read_with(script_args: Callable[[list[str], list[Any]], tuple[Any, ...]]) -> Any:
+            async def read() -> list[Any]:
+                pipe = self._client.pipeline(transaction=False)
+                for r in requests:
+                    args = [stream_id(r.after_seq), count, max(1, r.max_bytes)]
+                    pipe.execute_command(*script_args([keys.events(r.job), keys.meta(r.job)], args))
+                for job, seq in check_list:
+                    pipe.xrange(keys.events(job), stream_id(seq), stream_id(seq))
+                return list(await pipe.execute())
+
+            return read
 
         with redis_errors("catch-up read", self._breaker):
-            replies = await retrying(read, attempts=2)
+            try:
+                replies = await retrying(read_with(READ_PAGE.evalsha_args), attempts=2)
+            except NoScriptError:
+                # Redis lost its script cache (a restart, a failover, SCRIPT FLUSH): EVAL
+                # runs the script and caches it again for the next read.
+                replies = await retrying(read_with(READ_PAGE.eval_args), attempts=2)
         stored: dict[str, dict[int, bytes | None]] = {}
-        for (job, seq), entries in zip(check_list, replies[2 * len(positions) :], strict=True):
+        for (job, seq), entries in zip(check_list, replies[len(requests) :], strict=True):
             stored.setdefault(job, {})[seq] = entries[0][1][b"f"] if entries else None
         pages = []
-        for index, (job, _) in enumerate(positions):
-            (seq, status), entries = replies[2 * index], replies[2 * index + 1]
-            frames = [fields[b"f"] for _, fields in entries]
-            finished = status in (b"done", b"failed")
+        for r, reply in zip(requests, replies, strict=False):
+            seq, status, more, *frames = reply
             pages.append(
-                Page(job, status is not None, int(seq or 0), frames, finished, stored.get(job, {}))
+                Page(
+                    r.job,
+                    exists=status is not None,
+                    last_seq=int(seq or 0),
+                    frames=frames,
+                    finished=status in (b"done", b"failed"),
+                    more=bool(more),
+                    stored=stored.get(r.job, {}),
+                )
             )
         return pages

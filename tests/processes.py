@@ -8,15 +8,19 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 
 from service.config import Settings
 from service.gateway.server import gateway_server
 from service.handlers import BUILTIN_HANDLERS, Handler
+from service.keys import Keys
+from service.migrate import migrate
 from service.worker import Worker
-from tests.conftest import PYTHON, ROOT, service_env, wait_for
-from tests.redis_servers import free_port
+from tests.conftest import PYTHON, ROOT, make_settings, service_env, wait_for
+from tests.redis_servers import RedisServer, free_port
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +61,31 @@ async def running_gateway(settings: Settings) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    tmp_path: Path,
+    *,
+    concurrency: int = 4,
+    **overrides: Any,
+) -> AsyncIterator[str]:
+    """A private Redis (migrated), a worker and a gateway with these settings; yields the
+    gateway's base URL."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = server.client()
+    try:
+        await migrate(client, Keys(), report=lambda _: None)
+        settings = make_settings(server.url, **overrides)
+        async with (
+            running_worker(settings, concurrency=concurrency),
+            running_gateway(settings) as base,
+        ):
+            yield base
+    finally:
+        await client.aclose()
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,36 @@ class Client:
                     open_jobs.discard(job)
         return got
 
+    async def read_throttled(
+        self, jobs: set[str], bytes_per_s: float, timeout_s: float = 60.0
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Like `events_until_terminal`, but taking frames no faster than `bytes_per_s`:
+        a client on a slow link (the gateway sees it through TCP back-pressure)."""
+        got: dict[str, list[dict[str, Any]]] = {job: [] for job in jobs}
+        open_jobs = set(jobs)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout_s
+        taken = 0
+        while open_jobs:
+            raw = await asyncio.wait_for(self.ws.recv(), max(0.1, deadline - loop.time()))
+            taken += len(raw)
+            frame: dict[str, Any] = orjson.loads(raw)
+            job = frame.get("job")
+            if job in got:
+                got[job].append(frame)
+                if frame.get("event") in ("done", "failed") or frame.get("code") == "gone":
+                    open_jobs.discard(job)
+            # The rate limit itself, not a wait for a condition.
+            ahead_s = start + taken / bytes_per_s - loop.time()
+            if ahead_s > 0:
+                await asyncio.sleep(ahead_s)
+        return got
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake (a tab killed, a phone gone)."""
+        self.ws.transport.abort()
+
     async def closed_with(self, timeout_s: float = RECV_TIMEOUT_S) -> int | None:
         """Read until the server closes; return its close code."""
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -66,9 +97,21 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(base: str, **kwargs: Any) -> AsyncIterator[Client]:
+async def connect(
+    base: str, *, small_buffers: bool = False, **kwargs: Any
+) -> AsyncIterator[Client]:
+    """A client; `small_buffers` keeps the kernel from buffering much for it, so that a
+    client that stops reading makes the gateway's sends wait after a few KiB, as a client
+    on a slow link or a stuck browser tab does."""
     url = base.replace("http://", "ws://") + "/ws"
     kwargs.setdefault("max_size", None)
+    if small_buffers:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        kwargs.update(sock=sock, max_queue=1)
     async with websockets.connect(url, **kwargs) as connection:
         yield Client(connection)
 

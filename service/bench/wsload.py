@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -167,7 +168,11 @@ async def open_sockets(
     sink: Received,
     keep_seqs: bool = False,
     on_frame: Callable[[], None] | None = None,
+    *,
+    receive_buffer_bytes: int | None = None,
 ) -> list[WsProtocol]:
+    """`count` upgraded sockets; `receive_buffer_bytes` shrinks each one's kernel receive
+    buffer, so that a socket that stops reading pushes back on the gateway at once."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loop = asyncio.get_running_loop()
@@ -176,7 +181,14 @@ async def open_sockets(
         batch = []
         for _ in range(min(200, count - start)):
             protocol = WsProtocol(f"{host}:{port}", "/ws", sink, keep_seqs, on_frame)
-            await loop.create_connection(_factory(protocol), host, port)
+            if receive_buffer_bytes is None:
+                await loop.create_connection(_factory(protocol), host, port)
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, (host, port))
+                await loop.create_connection(_factory(protocol), sock=sock)
             batch.append(protocol)
         await asyncio.gather(*(p.open for p in batch))
         sockets += batch

@@ -16,6 +16,10 @@ Guarantees every implementation gives, per watch:
   `after`), the watcher gets `gone` and the watch ends; never a partial replay.
 - Redis trouble reaches the watcher as one `busy`/`capacity`/`unavailable` error per outage;
   the watch stays in place and resumes by itself when Redis answers again.
+- Flow control: a watcher is only ever offered what it has room for. A watcher that refuses a
+  frame (its client reads slowly) is not sent live frames any more; once it reports
+  `drained`, the watch is served from the job's stream from where it stopped, at the
+  watcher's pace, and one slow watcher never holds back another watcher of the same job.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from service.model import ErrorCode
 class Watcher(Hashable, Protocol):
     """What a delivery needs of a client session. Every method must return at once."""
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue one event frame for sending (never blocks the caller)."""
+    def deliver(self, frame: bytes) -> bool:
+        """Queue one event frame for sending if there is room; never blocks the caller.
+
+        False: the frame was not queued (the client is behind); the watcher owes the
+        delivery a `drained` call once it has room again.
+        """
 
     def watch_failed(self, job: str, code: ErrorCode, message: str) -> None:
         """Tell the client about a problem with this watch."""
@@ -41,9 +49,11 @@ class Watcher(Hashable, Protocol):
     def watch_finished(self, job: str) -> None:
         """The watch began after the job's terminal event: tell the client nothing follows."""
 
-    @property
-    def backlog_bytes(self) -> int:
-        """Bytes queued and not yet sent; catch-up pauses for a watcher far behind."""
+    def room(self) -> int:
+        """Bytes of frames the watcher can take now (a catch-up reads no more for it).
+
+        0: it is full, and owes the delivery a `drained` call once it has room again.
+        """
 
 
 class Delivery(Protocol):
@@ -67,8 +77,12 @@ class Delivery(Protocol):
         """Stop delivering `job` to `watcher` (no-op when it does not watch it)."""
 
     def drained(self, watcher: Watcher) -> None:
-        """The watcher's backlog went down: catch-ups paused for it may go on."""
+        """The watcher has room again: watches paused for it are served from the stream."""
 
     @property
     def watch_count(self) -> int:
         """Active watches in this process."""
+
+    @property
+    def paused_count(self) -> int:
+        """Watches waiting for their client to drain (flow control)."""

@@ -1,17 +1,23 @@
-"""The hub: which local watchers watch which job, and catch-up from the stream.
+"""The hub: which local watchers watch which job, flow control, and catch-up from the stream.
 
 Live frames come in through `publish` (from the subscriber, or from an XREAD loop); stored
-frames come in through catch-up, which reads the job's stream after the lowest position any
-of its watchers has. Both paths apply one rule per watch, so they can interleave freely:
+frames come in through catch-up, which reads the job's stream from each watch's own position.
+Both paths apply one rule per watch, so they can interleave freely:
 
-    a frame with seq == watch.last_seq + 1 is delivered; lower is a duplicate and dropped;
-    higher means the watch missed something, and the job is queued for catch-up.
+    a frame with seq == watch.last_seq + 1 is offered to the watcher; lower is a duplicate and
+    dropped; higher means the watch missed something, and the job is queued for catch-up.
 
-Catch-up is done once per job for all its local watchers, many jobs per pipelined round trip,
-by one task. A job whose catch-up is under way when something new is missed is marked dirty
-and read again right after, so nothing falls between a read and a notification. A job whose
-watcher has a large backlog is paused until that watcher drains, so a long replay never
-floods a slow client.
+Flow control: a watcher that refuses a frame (its client has `MAX_SEND_QUEUE_BYTES` waiting)
+is paused for that job: it is offered no live frames, and it is left out of catch-up reads,
+until it reports that it drained. Then it is caught up from where it stopped, the job's stream
+being the durable copy. A catch-up reads, for each distinct position among a job's unpaused
+watches, one page bounded in events and in bytes (never more than the roomiest of those
+watchers can take, and no watcher is promised more than its room across one round trip), so
+a slow watcher never holds back a fast one and a replay of any event size fits.
+
+Catch-up is done by one task, many reads per pipelined round trip. Each job's record says
+where its catch-up stands (idle, pending, reading, or reading and missed something since, to
+be read again right after), so nothing falls between a read and a notification.
 
 A different Redis server (a failover, a restart, a full resync: its run id or replication id
 changed, see `ServerIdentity`) may hold a different history than the one already delivered.
@@ -25,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import islice
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
 
 from service.codec import is_terminal_frame, seq_of_frame
 from service.delivery.base import Watcher
@@ -35,11 +42,11 @@ from service.model import ErrorCode, ServiceError
 from service.redis_client import backoff_s
 from service.server_identity import ServerIdentity
 from service.stats import GatewayStats
-from service.streams import EventReader, Page
+from service.streams import EventReader, Page, PageRequest
 
 log = logging.getLogger(__name__)
 
-JOBS_PER_ROUND_TRIP = 200
+READS_PER_ROUND_TRIP = 200
 GONE_EXPIRED = "the job's results have expired (or the job never existed)"
 GONE_REWOUND = (
     "the position asked for is past the job's last stored event "
@@ -59,14 +66,47 @@ def gone_too_far(behind: int, limit: int) -> str:
     )
 
 
+class CatchUp(Enum):
+    """Where a job's catch-up stands."""
+
+    IDLE = "idle"
+    PENDING = "pending"  # queued for the catch-up task
+    READING = "reading"  # a read is in flight
+    DIRTY = "dirty"  # in flight, and something was missed since: read again right after
+
+
 @dataclass(eq=False, slots=True)
 class Watch:
     watcher: Watcher
     last_seq: int
+    # The watcher refused a frame or had no room: no live frames, no reads, until it drains.
+    paused: bool = False
+    # The position the client asked for was checked against the stream (MAX_REPLAY_EVENTS).
+    started: bool = False
     error_sent: bool = False
     # The last frame delivered (a reference, not a copy), to compare with what a different
     # server stores at `last_seq`; None when the position came from the client.
     last_frame: bytes | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Feed:
+    """Everything the hub knows of one watched job."""
+
+    job: str
+    watches: dict[Watcher, Watch] = field(default_factory=dict)
+    catch_up: CatchUp = CatchUp.IDLE
+    unverified: bool = False  # seen on a server that may hold a different history
+
+
+@dataclass(eq=False, slots=True)
+class Read:
+    """One page to read for some of a feed's watches, all at the same position."""
+
+    feed: Feed
+    after_seq: int
+    max_bytes: int
+    watches: list[Watch]
 
 
 class Hub:
@@ -76,7 +116,6 @@ class Hub:
         stats: GatewayStats,
         *,
         page_size: int,
-        high_water_bytes: int,
         max_replay_events: int = 0,
         on_first_watch: Callable[[str], None] | None = None,
         on_last_unwatch: Callable[[str], None] | None = None,
@@ -85,47 +124,54 @@ class Hub:
         self._reader = reader
         self._server = server or ServerIdentity()
         self._generation = self._server.generation
-        self._unverified: set[str] = set()
         self._stats = stats
         self._page_size = page_size
-        self._high_water = high_water_bytes
         self._max_replay = max_replay_events  # 0: no limit
         self._on_first_watch = on_first_watch
         self._on_last_unwatch = on_last_unwatch
-        self.feeds: dict[str, dict[Watcher, Watch]] = {}
-        self._pending: dict[str, None] = {}  # an ordered set of jobs to catch up
-        self._inflight: set[str] = set()
-        self._dirty: set[str] = set()
-        self._paused: dict[Watcher, set[str]] = {}
+        self.feeds: dict[str, Feed] = {}
+        # Jobs to catch up, in order; a feed is in it while its state is PENDING (a name whose
+        # feed is gone or no longer pending is skipped).
+        self._pending: deque[str] = deque()
+        self._paused: dict[Watcher, set[str]] = {}  # jobs paused until the watcher drains
         self._wake = asyncio.Event()
         self.watch_count = 0
+
+    @property
+    def paused_count(self) -> int:
+        """Watches waiting for their client to drain."""
+        return sum(len(jobs) for jobs in self._paused.values())
 
     # -- watches -------------------------------------------------------------------------------
 
     def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
-        watches = self.feeds.get(job)
-        if watches is None:
-            watches = self.feeds[job] = {}
+        feed = self.feeds.get(job)
+        if feed is None:
+            feed = self.feeds[job] = Feed(job)
             if self._on_first_watch is not None:
                 self._on_first_watch(job)
-        if watcher not in watches:
+        previous = feed.watches.get(watcher)
+        if previous is None:
             self.watch_count += 1
-        watches[watcher] = Watch(watcher, after_seq)
+        elif previous.paused:
+            self._forget_pause(job, watcher)
+        feed.watches[watcher] = Watch(watcher, after_seq)
         self.request_catch_up(job, "resume" if after_seq else "watch")
 
     def unwatch(self, job: str, watcher: Watcher) -> None:
-        watches = self.feeds.get(job)
-        if watches is None or watches.pop(watcher, None) is None:
+        feed = self.feeds.get(job)
+        if feed is None:
+            return
+        watch = feed.watches.pop(watcher, None)
+        if watch is None:
             return
         self.watch_count -= 1
-        if not watches:
+        if watch.paused:
+            self._forget_pause(job, watcher)
+        if not feed.watches:
             del self.feeds[job]
-            self._pending.pop(job, None)
-            self._dirty.discard(job)
-            self._unverified.discard(job)
             if self._on_last_unwatch is not None:
                 self._on_last_unwatch(job)
-        self._release(watcher)
 
     def _end(self, job: str, watch: Watch) -> None:
         self.unwatch(job, watch.watcher)
@@ -139,34 +185,39 @@ class Hub:
 
     def publish(self, job: str, frame: bytes) -> None:
         """A live frame for `job`: the subscriber's hot path, so it must stay cheap."""
-        watches = self.feeds.get(job)
-        if not watches:
+        feed = self.feeds.get(job)
+        if feed is None:
             return
         if self._server.generation != self._generation:
             self._server_changed()
-        if self._unverified and job in self._unverified:
+        if feed.unverified:
             self.request_catch_up(job, None)  # held back until checked against the new server
-        elif self._offer(job, watches, frame, seq_of_frame(frame)):
+        elif self._offer(feed, feed.watches.values(), frame, seq_of_frame(frame)):
             self.request_catch_up(job, "gap")
 
     def _server_changed(self) -> None:
         self._generation = self._server.generation
-        self._unverified.update(self.feeds)
+        for feed in self.feeds.values():
+            feed.unverified = True
         self._stats.failovers += 1
         log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
         self.catch_up_all("failover")
 
-    def _offer(self, job: str, watches: dict[Watcher, Watch], frame: bytes, seq: int) -> bool:
-        """Apply the delivery rule to every watch; True if some watch is missing frames."""
+    def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, seq: int) -> bool:
+        """Apply the delivery rule to `watches`; True if some watch is missing frames."""
         missed = False
         terminal: bool | None = None
         ended: list[Watch] = []
-        for watch in watches.values():
+        for watch in watches:
+            if watch.paused:
+                continue
             if seq == watch.last_seq + 1:
+                if not watch.watcher.deliver(frame):
+                    self._pause(feed.job, watch)
+                    continue
                 watch.last_seq = seq
                 watch.last_frame = frame
                 watch.error_sent = False
-                watch.watcher.deliver(frame)
                 if terminal is None:
                     terminal = is_terminal_frame(frame)
                 if terminal:
@@ -174,21 +225,46 @@ class Hub:
             elif seq > watch.last_seq + 1:
                 missed = True
         for watch in ended:
-            self._end(job, watch)
+            self._end(feed.job, watch)
         return missed
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def _pause(self, job: str, watch: Watch) -> None:
+        """The watcher is full; it owes us `drained`, which resumes this watch from the stream."""
+        watch.paused = True
+        self._paused.setdefault(watch.watcher, set()).add(job)
+        self._stats.flow_control_pauses += 1
+
+    def _forget_pause(self, job: str, watcher: Watcher) -> None:
+        jobs = self._paused.get(watcher)
+        if jobs is not None:
+            jobs.discard(job)
+            if not jobs:
+                del self._paused[watcher]
+
+    def drained(self, watcher: Watcher) -> None:
+        for job in self._paused.pop(watcher, ()):
+            feed = self.feeds.get(job)
+            watch = feed.watches.get(watcher) if feed is not None else None
+            if watch is not None and watch.paused:
+                watch.paused = False
+                self.request_catch_up(job, "drained")
 
     # -- catch-up ------------------------------------------------------------------------------
 
     def request_catch_up(self, job: str, cause: str | None) -> None:
         """Queue `job` for catch-up; `cause` is counted, None for a continuation."""
-        if job not in self.feeds:
+        feed = self.feeds.get(job)
+        if feed is None:
             return
-        if job in self._inflight:
-            self._dirty.add(job)
+        if feed.catch_up is CatchUp.READING:
+            feed.catch_up = CatchUp.DIRTY
             return
-        if job in self._pending:
+        if feed.catch_up is not CatchUp.IDLE:
             return
-        self._pending[job] = None
+        feed.catch_up = CatchUp.PENDING
+        self._pending.append(job)
         if cause is not None:
             self._stats.catch_ups[cause] += 1
         self._wake.set()
@@ -197,19 +273,6 @@ class Hub:
         for job in self.feeds:
             self.request_catch_up(job, cause)
 
-    def drained(self, watcher: Watcher) -> None:
-        self._release(watcher)
-
-    def _release(self, watcher: Watcher) -> None:
-        for job in self._paused.pop(watcher, ()):
-            self.request_catch_up(job, None)
-
-    def _blocking_watcher(self, job: str) -> Watcher | None:
-        for watcher in self.feeds[job]:
-            if watcher.backlog_bytes > self._high_water:
-                return watcher
-        return None
-
     async def run(self) -> None:
         """The catch-up task: runs until cancelled."""
         failures = 0
@@ -217,112 +280,166 @@ class Hub:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._next_batch()
-                if not batch:
+                reads, feeds = self._next_batch()
+                if not reads:
                     continue
                 try:
-                    await self._catch_up(batch)
+                    await self._catch_up(reads, feeds)
                     failures = 0
                 except ServiceError as e:
                     failures += 1
-                    self.report(batch, e)
+                    self.report([feed.job for feed in feeds], e)
                     await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
                 except Exception as e:
                     # Never let the catch-up task die: say so, back off, and go on.
                     failures += 1
-                    log.exception("catch-up of %d job(s) failed unexpectedly", len(batch))
-                    self.report(batch, ServiceError(f"internal error: {type(e).__name__}"))
+                    log.exception("catch-up of %d job(s) failed unexpectedly", len(feeds))
+                    error = ServiceError(f"internal error: {type(e).__name__}")
+                    self.report([feed.job for feed in feeds], error)
                     await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
 
-    def _next_batch(self) -> list[str]:
-        batch = []
-        for job in list(islice(self._pending, JOBS_PER_ROUND_TRIP)):
-            del self._pending[job]
-            if job not in self.feeds:
+    def _next_batch(self) -> tuple[list[Read], list[Feed]]:
+        """The reads of the next round trip, and the feeds they are for."""
+        reads: list[Read] = []
+        feeds: list[Feed] = []
+        promised: dict[Watcher, int] = {}  # bytes this round trip may bring each watcher
+        later: list[str] = []
+        while self._pending and len(reads) < READS_PER_ROUND_TRIP:
+            job = self._pending.popleft()
+            feed = self.feeds.get(job)
+            if feed is None or feed.catch_up is not CatchUp.PENDING:
                 continue
-            blocking = self._blocking_watcher(job)
-            if blocking is not None:
-                self._paused.setdefault(blocking, set()).add(job)
+            groups: dict[int, Read] = {}
+            waits = False  # some watcher's room is promised to another read of this batch
+            for watch in feed.watches.values():
+                if watch.paused:
+                    continue
+                room = watch.watcher.room()
+                if room <= 0:
+                    self._pause(job, watch)
+                    continue
+                room -= promised.get(watch.watcher, 0)
+                if room <= 0:
+                    waits = True
+                    continue
+                read = groups.get(watch.last_seq)
+                if read is None:
+                    groups[watch.last_seq] = Read(feed, watch.last_seq, room, [watch])
+                else:
+                    read.watches.append(watch)
+                    read.max_bytes = max(read.max_bytes, room)
+            if not groups:
+                if waits:
+                    later.append(job)  # stays pending: read in the next round trip
+                else:
+                    feed.catch_up = CatchUp.IDLE
                 continue
-            batch.append(job)
-        return batch
+            for read in groups.values():
+                for watch in read.watches:
+                    promised[watch.watcher] = promised.get(watch.watcher, 0) + read.max_bytes
+            reads.extend(groups.values())
+            feeds.append(feed)
+            feed.catch_up = CatchUp.DIRTY if waits else CatchUp.READING
+        self._pending.extend(later)
+        return reads, feeds
 
-    async def _catch_up(self, batch: list[str]) -> None:
-        # Where each watch stood when the read was sent: live frames may move a watch on
-        # while the read is in flight, and only a position it had before the read can be
-        # compared with the job's last seq as read.
+    async def _catch_up(self, reads: list[Read], feeds: list[Feed]) -> None:
         if self._server.generation != self._generation:
             self._server_changed()
+        # Where each watch of an unverified job stood when the read was sent, to compare
+        # with what the server stores there.
         sent = {
-            job: {w: (watch.last_seq, watch.last_frame) for w, watch in self.feeds[job].items()}
-            for job in batch
+            feed.job: {w: (watch.last_seq, watch.last_frame) for w, watch in feed.watches.items()}
+            for feed in feeds
+            if feed.unverified
         }
-        positions = [(job, min(seq for seq, _ in sent[job].values())) for job in batch]
         checks = {
-            job: sorted({seq for seq, frame in sent[job].values() if frame is not None})
-            for job in batch
-            if job in self._unverified
+            job: sorted({seq for seq, frame in positions.values() if frame is not None})
+            for job, positions in sent.items()
         }
+        requests = [PageRequest(r.feed.job, r.after_seq, r.max_bytes) for r in reads]
         generation = self._server.generation
-        self._inflight.update(batch)
         try:
-            pages = await self._reader.pages(positions, self._page_size, checks)
+            pages = await self._reader.pages(requests, self._page_size, checks)
         except BaseException:
-            self._requeue(batch)
+            self._requeue(feeds)
             raise
         if self._server.generation != generation:
             # The server changed during this read: check everything against it first.
-            self._requeue(batch)
+            self._requeue(feeds)
             self._server_changed()
             return
-        self._inflight.difference_update(batch)
-        for page in pages:
-            self._apply(page, sent[page.job])
-            if page.job in checks:
-                self._unverified.discard(page.job)
+        stored = {page.job: page.stored for page in pages if page.job in sent}
+        for feed in feeds:
+            if feed.unverified and self.feeds.get(feed.job) is feed:
+                self._verify(feed, sent[feed.job], stored.get(feed.job, {}))
+        more: set[str] = set()
+        for read, page in zip(reads, pages, strict=True):
+            self._apply(read, page)
+            if page.more:
+                more.add(read.feed.job)
+        for feed in feeds:
+            if self.feeds.get(feed.job) is not feed:
+                continue
+            again = feed.catch_up is CatchUp.DIRTY or feed.job in more
+            feed.catch_up = CatchUp.IDLE
+            if again:
+                self.request_catch_up(feed.job, None)
 
-    def _requeue(self, batch: list[str]) -> None:
-        self._inflight.difference_update(batch)
-        for job in batch:  # try them again (after the back-off, if any)
-            self._pending[job] = None
+    def _requeue(self, feeds: list[Feed]) -> None:
+        for feed in feeds:  # try them again (after the back-off, if any)
+            if self.feeds.get(feed.job) is feed:
+                feed.catch_up = CatchUp.PENDING
+                self._pending.append(feed.job)
 
-    def _apply(self, page: Page, sent: dict[Watcher, tuple[int, bytes | None]]) -> None:
-        job = page.job
-        watches = self.feeds.get(job)
-        if not watches:
-            self._dirty.discard(job)
+    def _verify(
+        self,
+        feed: Feed,
+        sent: dict[Watcher, tuple[int, bytes | None]],
+        stored: dict[int, bytes | None],
+    ) -> None:
+        """End the watches whose delivered history the server no longer holds."""
+        for watcher, (seq, delivered) in sent.items():
+            watch = feed.watches.get(watcher)
+            if watch is not None and delivered is not None and stored.get(seq) != delivered:
+                self._gone(feed.job, watch, GONE_REWRITTEN)
+        feed.unverified = False
+
+    def _apply(self, read: Read, page: Page) -> None:
+        feed = read.feed
+        job = feed.job
+        if self.feeds.get(job) is not feed:
             return
-        for watcher, watch in list(watches.items()):
-            seq, delivered = sent.get(watcher, (0, None))
+        after = read.after_seq
+        served: list[Watch] = []
+        for watch in read.watches:
+            if feed.watches.get(watch.watcher) is not watch:
+                continue  # unwatched, watched again, or ended while the read was out
             if not page.exists:
                 self._gone(job, watch, GONE_EXPIRED)
-            elif seq > page.last_seq:
+            elif after > page.last_seq:
                 self._gone(job, watch, GONE_REWOUND)
-            elif delivered is not None and seq in page.stored and page.stored[seq] != delivered:
-                self._gone(job, watch, GONE_REWRITTEN)
-            elif self._max_replay and page.last_seq - seq > self._max_replay:
-                # Refused before anything is sent: never a partial replay.
-                self._gone(job, watch, gone_too_far(page.last_seq - seq, self._max_replay))
+            elif not watch.started and 0 < self._max_replay < page.last_seq - after:
+                # Refused before anything is sent: never a partial replay. Only the position
+                # the client asked for is capped; a slow reader may fall behind further.
+                self._gone(job, watch, gone_too_far(page.last_seq - after, self._max_replay))
+            else:
+                watch.started = True
+                served.append(watch)
         for frame in page.frames:
-            watches = self.feeds.get(job)
-            if not watches:
-                break
-            self._offer(job, watches, frame, seq_of_frame(frame))
-        if page.finished and not page.frames:
+            self._offer(feed, served, frame, seq_of_frame(frame))
+        if page.finished and not page.frames and after >= page.last_seq:
             # Watched from after the terminal event: nothing will ever come; say so and end.
-            for watcher, watch in list(self.feeds.get(job, {}).items()):
-                if sent.get(watcher, (-1, None))[0] >= page.last_seq:
+            for watch in served:
+                if feed.watches.get(watch.watcher) is watch:
                     self._end(job, watch)
-                    watcher.watch_finished(job)
-        more = len(page.frames) >= self._page_size
-        if job in self._dirty or more:
-            self._dirty.discard(job)
-            self.request_catch_up(job, None)
+                    watch.watcher.watch_finished(job)
 
-    def report(self, jobs: str | list[str], error: ServiceError) -> None:
+    def report(self, jobs: list[str], error: ServiceError) -> None:
         """One error frame per watch and outage; the watch itself stays."""
-        for job in [jobs] if isinstance(jobs, str) else jobs:
-            for watch in self.feeds.get(job, {}).values():
+        for job in jobs:
+            feed = self.feeds.get(job)
+            for watch in feed.watches.values() if feed is not None else ():
                 if not watch.error_sent:
                     watch.error_sent = True
                     watch.watcher.watch_failed(job, error.code, error.message)
@@ -345,3 +462,7 @@ class HubDelivery:
     @property
     def watch_count(self) -> int:
         return self.hub.watch_count
+
+    @property
+    def paused_count(self) -> int:
+        return self.hub.paused_count

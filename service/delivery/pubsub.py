@@ -172,7 +172,6 @@ class PubSubDelivery(HubDelivery):
             EventReader(commands, keys, factory.breaker),
             stats,
             page_size=settings.catch_up_page_size,
-            high_water_bytes=settings.max_send_queue_bytes // 2,
             max_replay_events=settings.max_replay_events,
             server=factory.identity,
         )

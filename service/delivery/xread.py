@@ -47,7 +47,6 @@ class XreadDelivery(HubDelivery):
             EventReader(commands, self._keys, factory.breaker),
             stats,
             page_size=settings.catch_up_page_size,
-            high_water_bytes=settings.max_send_queue_bytes // 2,
             max_replay_events=settings.max_replay_events,
             server=factory.identity,
             on_first_watch=self._follow,
@@ -79,8 +78,8 @@ class XreadDelivery(HubDelivery):
     async def _read_loop(self, job: str) -> None:
         key = self._keys.events(job)
         block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
-        watches = self.hub.feeds.get(job)
-        cursor = max((w.last_seq for w in watches.values()), default=0) if watches else 0
+        feed = self.hub.feeds.get(job)
+        cursor = max((w.last_seq for w in feed.watches.values()), default=0) if feed else 0
         failures = 0
         while job in self.hub.feeds:
             try:
@@ -93,7 +92,7 @@ class XreadDelivery(HubDelivery):
                     log.exception("XREAD loop for job %s failed", job)
                     raise
                 failures += 1
-                self.hub.report(job, error)
+                self.hub.report([job], error)
                 await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
                 continue
             if failures:

@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 delivery.mode,
                 watch_count=lambda: delivery.watch_count,
                 ready=delivery.ready,
+                paused_count=lambda: delivery.paused_count,
             )
             state["gateway"] = Gateway(
                 settings,

@@ -54,10 +54,26 @@ class GatewayServer(uvicorn.Server):
     send 1001 (going away) through each session's writer, bounded by SHUTDOWN_GRACE_S.
     """
 
-    def __init__(self, config: uvicorn.Config, sessions: Sessions, grace_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sessions: Sessions,
+        grace_s: float,
+        send_buffer_bytes: int = 0,
+    ) -> None:
         super().__init__(config)
         self._sessions = sessions
         self._grace_s = grace_s
+        self._send_buffer_bytes = send_buffer_bytes
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None and self._send_buffer_bytes:
+            # Accepted connections inherit the listening socket's buffer size: a client that
+            # stops reading then holds this much of the kernel's memory, not megabytes.
+            listener = self.config.bind_socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
+            sockets = [listener]
+        await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -69,7 +85,10 @@ class GatewayServer(uvicorn.Server):
 def gateway_server(settings: Settings, host: str, port: int) -> GatewayServer:
     app = create_app(settings)
     return GatewayServer(
-        uvicorn_config(settings, host, port, app), app.sessions, settings.shutdown_grace_s
+        uvicorn_config(settings, host, port, app),
+        app.sessions,
+        settings.shutdown_grace_s,
+        settings.socket_send_buffer_bytes,
     )
 
 

@@ -1,32 +1,27 @@
-"""One WebSocket client: its reader, its writer, and the watches it holds.
+"""One WebSocket client: its reader, its outbox, and the watches it holds.
 
-The connection's own task reads; a writer task runs only while there is something to send, so
-an idle socket costs a timer and no task of its own. Only the writer sends on the socket.
-Everything for the client (event frames, replies, errors, and finally the close frame) goes
-through one bounded queue that the writer drains, so the delivery side never waits on a
-client: `deliver` appends and returns. A client whose queue grows past `MAX_SEND_QUEUE_BYTES`
-is closed with 1013; its queued frames are dropped and the close frame goes behind what was
-already handed to the socket, so a client that reads again sees it and can resume with `after`.
+The connection's own task reads; the outbox (`service.gateway.outbox`) owns everything that
+is sent, with its single writer task and the flow control for slow readers. The delivery
+never waits on a client: it offers frames to the outbox, and a client with no room is served
+later from the stream, at its own pace.
 
 Close codes: 1000 idle, 1001 gateway shutting down, 1008 policy (bad frames, origin),
-1009 frame too large (uvicorn enforces the size), 1011 internal error, 1013 too slow.
+1009 frame too large (uvicorn enforces the size), 1011 internal error, 1013 the client
+accepted nothing for `SEND_STALL_TIMEOUT_S` (or the gateway is full).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 from service import codec, tokens
-from service.codec import ts_of_frame
 from service.config import Settings
 from service.delivery.base import Delivery
+from service.gateway.outbox import Outbox
 from service.gateway.protocol import BadFrame, PingOp, UnwatchOp, WatchOp, parse
 from service.model import ErrorCode
 from service.stats import GatewayStats
@@ -42,15 +37,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 BAD_FRAME_WINDOW_S = 60.0
-# Timing every send costs a fifth of the gateway's throughput; one in eight shows the same
-# distribution at a fraction of the cost.
-LATENCY_SAMPLE_EVERY = 8
-
-
-@dataclass(frozen=True, slots=True)
-class _Close:
-    code: int
-    reason: str
 
 
 class Session:
@@ -59,22 +45,17 @@ class Session:
     # Thousands of these live at once, mostly idle: slots keep each one small.
     __slots__ = (
         "__weakref__",
-        "_backlog",
         "_bad_frames",
         "_close_deadline",
-        "_closing",
         "_delivery",
-        "_last_activity",
+        "_last_read",
         "_loop",
-        "_paused_delivery",
-        "_queue",
         "_read_timeout",
         "_receive",
         "_send",
         "_settings",
         "_stats",
-        "_writer",
-        "close_code",
+        "outbox",
         "watching",
     )
 
@@ -91,44 +72,61 @@ class Session:
         self._delivery = delivery
         self._settings = settings
         self._stats = stats
-        self._queue: deque[bytes | _Close] = deque()
-        self._backlog = 0
-        self._writer: asyncio.Task[None] | None = None
+        self.outbox = Outbox(
+            self._send_text,
+            self._send_close,
+            limit_bytes=settings.max_send_queue_bytes,
+            stall_timeout_s=settings.send_stall_timeout_s,
+            stats=stats,
+            on_drained=self._drained,
+            on_stalled=self._stalled,
+        )
         self._read_timeout: asyncio.Timeout | None = None
-        self._closing = False  # a close frame is queued, or the client is gone
         self._close_deadline = 0.0
-        self._paused_delivery = False
         self.watching: set[str] = set()
         self._bad_frames: deque[float] | None = None
         self._loop = asyncio.get_running_loop()
-        self._last_activity = self._loop.time()
-        self.close_code: int | None = None
+        self._last_read = self._loop.time()
+
+    async def _send_text(self, frame: bytes) -> None:
+        await self._send({"type": "websocket.send", "text": frame.decode()})
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    @property
+    def close_code(self) -> int | None:
+        return self.outbox.close_code
 
     # -- Watcher -------------------------------------------------------------------------------
 
-    def deliver(self, frame: bytes) -> None:
-        if self._closing:
-            return
-        self._stats.events_delivered += 1
-        self._queue.append(frame)
-        self._backlog += len(frame)
-        if self._backlog > self._settings.max_send_queue_bytes:
-            self._too_slow()
-        else:
-            self._kick_writer()
+    def deliver(self, frame: bytes) -> bool:
+        return self.outbox.offer(frame)
+
+    def room(self) -> int:
+        return self.outbox.room()
 
     def watch_failed(self, job: str, code: ErrorCode, message: str) -> None:
-        self._reply(codec.error(code, message, job))
+        self.outbox.put(codec.error(code, message, job))
 
     def watch_ended(self, job: str) -> None:
         self.watching.discard(job)
 
     def watch_finished(self, job: str) -> None:
-        self._reply(codec.unwatched(job))
+        self.outbox.put(codec.unwatched(job))
 
-    @property
-    def backlog_bytes(self) -> int:
-        return self._backlog
+    def _drained(self) -> None:
+        self._delivery.drained(self)
+
+    def _stalled(self) -> None:
+        self._stats.slow_client_closes += 1
+        log.info(
+            "closing a client that accepted nothing for %.0fs (%d bytes waiting)",
+            self._settings.send_stall_timeout_s,
+            self.outbox.backlog_bytes,
+        )
+        self.outbox.drop_queued()  # the stream still holds them; the client resumes with after
+        self.close(CLOSE_TRY_LATER, "accepted nothing for too long: reconnect and resume")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -138,101 +136,39 @@ class Session:
         The reader is woken so the session ends within `SHUTDOWN_GRACE_S` even when the
         client never reads again.
         """
-        if self._closing:
+        if self.outbox.closing:
             return
-        self._closing = True
-        self.close_code = code
+        self.outbox.close(code, reason)
         self._close_deadline = self._loop.time() + self._settings.shutdown_grace_s
-        self._queue.append(_Close(code, reason))
-        self._kick_writer()
         if self._read_timeout is not None:
             self._read_timeout.reschedule(self._close_deadline)
 
-    def _too_slow(self) -> None:
-        self._stats.slow_client_closes += 1
-        log.info("closing a client that reads too slowly (%d bytes queued)", self._backlog)
-        self._queue.clear()
-        self._backlog = 0
-        self.close(CLOSE_TRY_LATER, "too slow: reconnect and resume with 'after'")
-
     async def run(self) -> None:
-        """Serve the socket (already accepted) until either side closes it.
-
-        The reading happens in this (the connection's) task; a writer task exists only while
-        there is something to send, so an idle socket costs no task of its own.
-        """
+        """Serve the socket (already accepted) until either side closes it."""
         try:
             await self._read_loop()
         finally:
-            writer = self._writer
-            if writer is not None and not writer.done():
-                if self._closing:
-                    # Give the close frame what is left of its bounded time to go out.
-                    await asyncio.wait(
-                        {writer}, timeout=max(0.0, self._close_deadline - self._loop.time())
-                    )
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+            await self.outbox.finish(self._close_deadline)
             for job in list(self.watching):
                 self._delivery.unwatch(job, self)
             self.watching.clear()
 
-    # -- writing -------------------------------------------------------------------------------
-
     def _reply(self, frame: bytes) -> None:
-        if self._closing:
-            return
-        self._queue.append(frame)
-        self._backlog += len(frame)
-        self._kick_writer()
-
-    def _kick_writer(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = self._loop.create_task(self._write_queued())
-
-    async def _write_queued(self) -> None:
-        """Send everything queued, then end; the only code that sends on this socket."""
-        queue, send, stats = self._queue, self._send, self._stats
-        latency = stats.latency
-        low_water = self._settings.max_send_queue_bytes // 4
-        high_water = self._settings.max_send_queue_bytes // 2
-        try:
-            while queue:
-                item = queue.popleft()
-                if isinstance(item, _Close):
-                    self._stats.closes[item.code] += 1
-                    await send(
-                        {"type": "websocket.close", "code": item.code, "reason": item.reason}
-                    )
-                    return
-                self._backlog -= len(item)
-                await send({"type": "websocket.send", "text": item.decode()})
-                self._last_activity = self._loop.time()
-                stats.frames_sent += 1
-                if not stats.frames_sent % LATENCY_SAMPLE_EVERY and item.startswith(b'{"seq":'):
-                    latency.observe_ms(time.time() * 1000 - ts_of_frame(item))
-                if self._backlog > high_water:
-                    self._paused_delivery = True
-                elif self._paused_delivery and self._backlog < low_water:
-                    self._paused_delivery = False
-                    self._delivery.drained(self)
-        except OSError as e:  # the client vanished mid-send (uvicorn's ClientDisconnected)
-            log.debug("send failed: %s", e)
+        self.outbox.put(frame)
 
     # -- reading -------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         idle_s = self._settings.idle_timeout_s
-        receive = self._receive
+        receive, outbox = self._receive, self.outbox
         while True:
             now = self._loop.time()
-            if self._closing:
+            if outbox.closing:
                 deadline = self._close_deadline
                 if now >= deadline:
                     return
             else:
-                deadline = self._last_activity + idle_s
+                deadline = max(self._last_read, outbox.last_sent_at) + idle_s
                 if now >= deadline:
                     self.close(CLOSE_IDLE, "idle timeout")
                     continue
@@ -245,13 +181,11 @@ class Session:
                 self._read_timeout = None
             kind = message["type"]
             if kind == "websocket.disconnect":
-                self._closing = True
-                if self.close_code is None:
-                    self.close_code = message.get("code", 1005)
+                outbox.client_gone(message.get("code", 1005))
                 return
-            if kind != "websocket.receive" or self._closing:
+            if kind != "websocket.receive" or outbox.closing:
                 continue
-            self._last_activity = self._loop.time()
+            self._last_read = self._loop.time()
             text = message.get("text")
             if text is None:
                 self._bad_frame(BadFrame("frames must be text (JSON), not binary"))
