@@ -6,7 +6,9 @@ each runs to the end against its own private Redis and reports nothing lost.
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,25 @@ def test_the_gateway_load_script_runs_every_phase() -> None:
 def test_the_emit_script_runs() -> None:
     out = run("benchmarks.emit_throughput", "--n", "2000", "--runs", "1")
     assert "events/s" in out or "ev/s" in out, out
+
+
+@pytest.mark.timeout(180)
+def test_the_slow_reader_script_reports_every_event_once(tmp_path: Path) -> None:
+    figures = tmp_path / "slow.json"
+    run(
+        "benchmarks.slow_readers",
+        "--rate-mb", "2", "--rate-mbps", "2", "--tenth-events", "300", "--crowd", "20",
+        "--json", str(figures), "--plot", str(tmp_path / "rss.png"),
+    )  # fmt: skip
+    found = json.loads(figures.read_text())
+    readers = [
+        *(found[name][speed] for name in ("rate", "tenth") for speed in ("slow", "fast")),
+        *found["replay"].values(),
+        *found["crowd"].values(),
+    ]
+    assert len(readers) == 8
+    for reader in readers:
+        assert reader["received"] == reader["expected"] > 0, reader
+        assert (reader["lost"], reader["duplicated"], reader["out_of_order"]) == (0, 0, 0)
+        assert reader["closes"] == []
+    assert (tmp_path / "rss.png").stat().st_size > 0
