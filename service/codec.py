@@ -1,29 +1,48 @@
-"""Wire frames, encoded once.
+"""Wire frames, encoded once; this module owns the event frame's shape.
 
 An event frame is built by the emit script in Redis and never re-encoded afterwards: the same
 bytes are stored in the job's stream, published as the notification and sent to every client.
-It always starts with `{"seq":<n>,` so the gateway can read the seq without parsing the data:
+`event_frame` builds exactly those bytes (a test holds the script to it, byte for byte):
 
     {"seq":3,"job":"J","id":"3-0","type":"event","event":"data","ts":1732550000000,"data":{...}}
+
+`frame_head` reads what the gateway needs (seq, kind, ts) from the fixed head of such a frame
+without parsing its data; a frame whose head is not in that shape (another key order, a
+hand-made frame) is parsed whole, so the answer never depends on key order.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from service.model import ErrorCode
+from service.model import ErrorCode, EventKind
 
-_SEQ_PREFIX = b'{"seq":'
-_SEQ_START = len(_SEQ_PREFIX)
-# seq (19) + job (64) + id (40) + the fixed keys: the kind is always within this many bytes.
-_HEAD_MAX = 220
+_HEAD = re.compile(
+    rb'\{"seq":(\d{1,19}),"job":"[A-Za-z0-9_-]{1,64}","id":"\d{1,19}-0",'
+    rb'"type":"event","event":"(data|done|failed)","ts":(\d{1,19}),'
+)
+_KINDS = {kind.value.encode(): kind for kind in EventKind}
+EVENT_PREFIX = b'{"seq":'
 
 
 class FrameError(ValueError):
     """Bytes that are not an event frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHead:
+    seq: int
+    kind: EventKind
+    ts: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind is not EventKind.DATA
 
 
 def encode(value: Any) -> bytes:
@@ -34,35 +53,36 @@ def decode(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def event_frame(seq: int, job: str, kind: EventKind, ts_ms: int, data_json: bytes) -> bytes:
+    """The event frame, as the emit script writes it (`data_json`: the data, JSON-encoded)."""
+    head = (
+        f'{{"seq":{seq},"job":"{job}","id":"{seq}-0","type":"event",'
+        f'"event":"{kind.value}","ts":{ts_ms},"data":'
+    )
+    return head.encode() + data_json + b"}"
+
+
+def frame_head(frame: bytes) -> FrameHead:
+    """Seq, kind and timestamp of an event frame; FrameError for anything else."""
+    match = _HEAD.match(frame)
+    if match is not None:
+        return FrameHead(int(match[1]), _KINDS[match[2]], int(match[3]))
+    try:
+        value = orjson.loads(frame)
+    except orjson.JSONDecodeError as e:
+        raise FrameError(f"an event frame must be JSON, got {frame[:40]!r}") from e
+    if not isinstance(value, dict) or value.get("type") != "event":
+        raise FrameError(f"expected an event frame, got {frame[:40]!r}")
+    seq, kind, ts = value.get("seq"), value.get("event"), value.get("ts", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise FrameError(f"event frame with a malformed seq: {frame[:40]!r}")
+    if kind not in ("data", "done", "failed") or not isinstance(ts, int):
+        raise FrameError(f"event frame with a malformed event or ts: {frame[:60]!r}")
+    return FrameHead(seq, EventKind(kind), ts)
+
+
 def seq_of_frame(frame: bytes) -> int:
-    """The seq of an event frame, read from its fixed prefix."""
-    if not frame.startswith(_SEQ_PREFIX):
-        raise FrameError(
-            f"expected an event frame starting with {_SEQ_PREFIX!r}, got {frame[:20]!r}"
-        )
-    end = frame.find(b",", _SEQ_START)
-    try:
-        return int(frame[_SEQ_START:end])
-    except ValueError as e:
-        raise FrameError(f"event frame with a malformed seq: {frame[:30]!r}") from e
-
-
-def ts_of_frame(frame: bytes) -> int:
-    """The `ts` (ms) of an event frame, from its fixed head; 0 when there is none."""
-    start = frame.find(b',"ts":', 0, _HEAD_MAX)
-    if start < 0:
-        return 0
-    start += 6
-    end = frame.find(b",", start)
-    try:
-        return int(frame[start:end])
-    except ValueError:
-        return 0
-
-
-def is_terminal_frame(frame: bytes) -> bool:
-    """True for a `done` or `failed` frame; the kind sits in the frame's short fixed head."""
-    return frame.find(b'"type":"event","event":"data"', 0, _HEAD_MAX) < 0
+    return frame_head(frame).seq
 
 
 def json_type(value: object) -> str:

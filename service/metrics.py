@@ -105,6 +105,11 @@ class GatewayCollector(Collector):
             s.flow_control_pauses,
         )
         yield counter("resultcast_bad_frames", "Client frames refused", s.bad_frames)
+        yield counter(
+            "resultcast_malformed_frames",
+            "Event frames from Redis that could not be read (their job was caught up)",
+            s.malformed_frames,
+        )
         catch_ups = CounterMetricFamily(
             "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
         )

@@ -23,9 +23,11 @@ import httpx
 import redis.asyncio as redis
 
 from service.bench.wsload import Received, WsProtocol
+from service.codec import event_frame
 from service.dev import free_port, spawn, start_redis, stop
 from service.keys import Keys
 from service.migrate import migrate
+from service.model import EventKind
 
 KEYS = Keys()
 BENCH_HANDLERS = "service.bench.handlers:HANDLERS"
@@ -111,10 +113,8 @@ async def write_first_events(
     without `publish` it is exactly what a gateway misses while its subscriber is down."""
     pipe = client.pipeline(transaction=False)
     for job in jobs:
-        frame = (
-            f'{{"seq":1,"job":"{job}","id":"1-0","type":"event","event":"data",'
-            f'"ts":{time.time_ns() // 1_000_000},"data":{data_json}}}'
-        )
+        now_ms = time.time_ns() // 1_000_000
+        frame = event_frame(1, job, EventKind.DATA, now_ms, data_json.encode())
         pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
         pipe.hset(KEYS.meta(job), "seq", 1)
         if publish:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from service.codec import is_terminal_frame, seq_of_frame
+from service.codec import FrameError, FrameHead, frame_head
 from service.delivery.base import Watcher
 from service.model import ErrorCode, ServiceError
 from service.redis_client import backoff_s
@@ -52,6 +52,7 @@ GONE_REWOUND = (
     "the position asked for is past the job's last stored event "
     "(results were lost in a Redis failover); it cannot be served in full"
 )
+GONE_MALFORMED = "the job's stored events cannot be read (a malformed entry); ask its owner"
 GONE_REWRITTEN = (
     "Redis failed over and no longer holds the events already delivered for this job "
     "(its history was rewritten); it cannot be served in full"
@@ -192,7 +193,16 @@ class Hub:
             self._server_changed()
         if feed.unverified:
             self.request_catch_up(job, None)  # held back until checked against the new server
-        elif self._offer(feed, feed.watches.values(), frame, seq_of_frame(frame)):
+            return
+        try:
+            head = frame_head(frame)
+        except FrameError as e:
+            # Not a frame we wrote: say so, and read the job's stream (the durable copy).
+            self._stats.malformed_frames += 1
+            log.warning("a live frame for job %s is malformed (%s); catching it up", job, e)
+            self.request_catch_up(job, "gap")
+            return
+        if self._offer(feed, feed.watches.values(), frame, head):
             self.request_catch_up(job, "gap")
 
     def _server_changed(self) -> None:
@@ -203,10 +213,10 @@ class Hub:
         log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
         self.catch_up_all("failover")
 
-    def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, seq: int) -> bool:
+    def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, head: FrameHead) -> bool:
         """Apply the delivery rule to `watches`; True if some watch is missing frames."""
         missed = False
-        terminal: bool | None = None
+        seq, terminal = head.seq, head.terminal
         ended: list[Watch] = []
         for watch in watches:
             if watch.paused:
@@ -218,8 +228,6 @@ class Hub:
                 watch.last_seq = seq
                 watch.last_frame = frame
                 watch.error_sent = False
-                if terminal is None:
-                    terminal = is_terminal_frame(frame)
                 if terminal:
                     ended.append(watch)
             elif seq > watch.last_seq + 1:
@@ -427,7 +435,17 @@ class Hub:
                 watch.started = True
                 served.append(watch)
         for frame in page.frames:
-            self._offer(feed, served, frame, seq_of_frame(frame))
+            try:
+                head = frame_head(frame)
+            except FrameError as e:
+                # A stored entry we cannot read: stop this page rather than skip it silently.
+                self._stats.malformed_frames += 1
+                log.error("job %s has a malformed stored event (%s)", job, e)
+                for watch in served:
+                    if feed.watches.get(watch.watcher) is watch:
+                        self._gone(job, watch, GONE_MALFORMED)
+                return
+            self._offer(feed, served, frame, head)
         if page.finished and not page.frames and after >= page.last_seq:
             # Watched from after the terminal event: nothing will ever come; say so and end.
             for watch in served:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
+from service.aio import stop_tasks
 from service.codec import seq_of_frame
 from service.delivery.hub import Hub
 from service.gateway.outbox import Outbox
@@ -147,8 +148,7 @@ async def hub(migrated: redis.Redis) -> AsyncIterator[Hub]:
     hub = Hub(GatedReader(migrated), GatewayStats(), page_size=500)
     task = asyncio.create_task(hub.run())
     yield hub
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await stop_tasks([task])
 
 
 def reader_of(hub: Hub) -> GatedReader:
@@ -293,3 +293,20 @@ async def test_pages_are_bounded_in_bytes_and_hold_at_least_one_frame(
     await migrated.script_flush()
     again = await reader.pages(requests[:1], 500)
     assert again[0].frames == pages[0].frames
+
+
+async def test_a_malformed_live_frame_is_counted_and_its_job_caught_up(
+    hub: Hub, migrated: redis.Redis
+) -> None:
+    job = await Job(migrated, hub, "bad", 10).create()
+    other = await Job(migrated, hub, "good", 10).create()
+    client = Client(window=100)
+    watcher = Watcher(hub, client, limit_bytes=100_000)
+    hub.watch("bad", watcher, 0)
+    hub.watch("good", watcher, 0)
+    await job.emit(2, publish=False)  # stored, but what arrives live is garbage
+    hub.publish("bad", b'{"seq":1,"job":"bad" garbage')
+    await other.emit(2)
+    await client.read(4)
+    assert (client.seqs("bad"), client.seqs("good")) == ([1, 2], [1, 2])
+    assert hub._stats.malformed_frames == 1

@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as redis
 
 from service import tokens
+from service.codec import event_frame
 from service.keys import Keys
 from service.migrate import migrate
-from service.model import new_job_id
+from service.model import EventKind, new_job_id
 from tests.conftest import make_settings
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
@@ -27,11 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def frame(job: str, seq: int, event: str, data: str) -> bytes:
-    """An event frame shaped as the emit script shapes it."""
-    return (
-        f'{{"seq":{seq},"job":"{job}","id":"{seq}-0","type":"event","event":"{event}",'
-        f'"ts":{1_700_000_000_000 + seq},"data":{data}}}'
-    ).encode()
+    return event_frame(seq, job, EventKind(event), 1_700_000_000_000 + seq, data.encode())
 
 
 async def store(client: redis.Redis, job: str, frames: list[bytes], status: str) -> None:
