@@ -113,7 +113,16 @@ class GatewayCollector(Collector):
         catch_ups = CounterMetricFamily(
             "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
         )
-        for cause in ("watch", "resume", "gap", "reconnect", "subscribe", "failover", "drained"):
+        for cause in (
+            "watch",
+            "resume",
+            "gap",
+            "reconnect",
+            "subscribe",
+            "failover",
+            "drained",
+            "restart",
+        ):
             catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
         yield catch_ups
         closes = CounterMetricFamily(

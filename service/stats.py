@@ -55,6 +55,7 @@ class GatewayStats:
     slow_client_closes: int = 0  # closed with 1013: accepted nothing for SEND_STALL_TIMEOUT_S
     flow_control_pauses: int = 0  # watches paused because their client had no room
     bad_frames: int = 0
+    delivery_errors: int = 0  # unexpected errors handing a live frame to the hub
     malformed_frames: int = 0  # event frames from Redis the gateway could not read
     closes: Counter[int] = field(default_factory=Counter)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)

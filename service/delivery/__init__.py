@@ -1,13 +1,19 @@
-"""Delivery backends: how a job's events get from Redis to the sessions watching it."""
+"""Delivery: how a job's events get from Redis to the sessions watching it.
+
+One hub (`hub.Hub`, the `Delivery`) over one live source per process: `pubsub` or `xread`.
+"""
 
 from __future__ import annotations
 
 import redis.asyncio as redis
 
 from service.config import Settings
-from service.delivery.base import Delivery, Watcher
+from service.delivery.base import Delivery, LiveSource, Watcher
+from service.delivery.hub import Hub
+from service.keys import Keys
 from service.redis_client import RedisFactory
 from service.stats import GatewayStats
+from service.streams import EventReader
 
 __all__ = ["Delivery", "Watcher", "create_delivery"]
 
@@ -16,10 +22,20 @@ def create_delivery(
     settings: Settings, factory: RedisFactory, commands: redis.Redis, stats: GatewayStats
 ) -> Delivery:
     """The one place where the delivery mode is chosen."""
+    source: LiveSource
     if settings.delivery_mode == "xread":
-        from service.delivery.xread import XreadDelivery
+        from service.delivery.xread import XreadSource
 
-        return XreadDelivery(settings, factory, commands, stats)
-    from service.delivery.pubsub import PubSubDelivery
+        source = XreadSource(settings, factory)
+    else:
+        from service.delivery.pubsub import PubSubSource
 
-    return PubSubDelivery(settings, factory, commands, stats)
+        source = PubSubSource(settings, factory, commands, stats)
+    return Hub(
+        EventReader(commands, Keys(settings.key_prefix), factory.breaker),
+        stats,
+        source,
+        page_size=settings.catch_up_page_size,
+        max_replay_events=settings.max_replay_events,
+        server=factory.identity,
+    )

@@ -1,8 +1,12 @@
-"""The seam between Redis and the gateway.
+"""The seams of delivery: between the gateway and the hub, and between the hub and Redis.
 
-A session never touches Redis: it asks a `Delivery` to watch a job on its behalf, and the
-delivery hands it event frames through the `Watcher` interface. `pubsub` and `xread` are two
-implementations of `Delivery`, chosen in one place (`service.delivery.create_delivery`).
+A session never touches Redis: it asks the `Delivery` (the hub, `service.delivery.hub`) to
+watch a job on its behalf, and the hub hands it event frames through the `Watcher`
+interface. Where live frames come from is a `LiveSource`: `pubsub` (one pattern subscription
+per process), `xread` (the old design: a blocking read per job) or `memory` (tests). A source
+only says "here is a frame for job J" and "I may have missed something for these jobs"; the
+hub owns watches, catch-up from the stream, flow control and failover checks, once, for every
+source. The mode is chosen in one place (`service.delivery.create_delivery`).
 
 Guarantees every implementation gives, per watch:
 
@@ -24,10 +28,10 @@ Guarantees every implementation gives, per watch:
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Protocol
 
-from service.model import ErrorCode
+from service.model import ErrorCode, ServiceError
 
 
 class Watcher(Hashable, Protocol):
@@ -86,3 +90,44 @@ class Delivery(Protocol):
     @property
     def paused_count(self) -> int:
         """Watches waiting for their client to drain (flow control)."""
+
+
+class LiveSink(Protocol):
+    """What a live source reports to (the hub). Every method returns at once."""
+
+    def publish(self, job: str, frame: bytes) -> None:
+        """A live event frame for `job` (any order, duplicates allowed: the hub sorts it out)."""
+
+    def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
+        """Frames for `jobs` (None: every job) may have been lost: catch them up from the stream."""
+
+    def report(self, jobs: list[str], error: ServiceError) -> None:
+        """Redis trouble for these jobs' live frames (one error per watch and outage)."""
+
+
+class LiveSource(Protocol):
+    """Where live frames come from.
+
+    Guarantees a source gives the hub: every frame it sees for a followed job is passed to
+    `publish`; whenever it may not have seen some (a connection lost or replaced, a restart of
+    its own task, a topology change), it calls `missed` for the jobs concerned before passing
+    newer frames. It never blocks on a client, and no error of its own escapes silently: its
+    tasks are supervised and restarted, and `ready` is False while one is down.
+    """
+
+    mode: str
+
+    async def start(self, sink: LiveSink) -> None:
+        """Begin delivering to `sink`; returns once started (Redis may still be down)."""
+
+    async def stop(self) -> None:
+        """Release every connection and task."""
+
+    def ready(self) -> bool:
+        """True while live frames can arrive."""
+
+    def follow(self, job: str, after_seq: int) -> None:
+        """A first local watcher arrived for `job` (at `after_seq`): deliver its frames."""
+
+    def unfollow(self, job: str) -> None:
+        """The last local watcher of `job` left."""

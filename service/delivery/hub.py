@@ -1,6 +1,6 @@
-"""The hub: which local watchers watch which job, flow control, and catch-up from the stream.
+"""The hub: the one `Delivery`. Who watches what, flow control, and catch-up from the stream.
 
-Live frames come in through `publish` (from the subscriber, or from an XREAD loop); stored
+Live frames come in from a `LiveSource` (pubsub, xread, memory) through `publish`; stored
 frames come in through catch-up, which reads the job's stream from each watch's own position.
 Both paths apply one rule per watch, so they can interleave freely:
 
@@ -32,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from service.aio import stop_tasks
 from service.codec import FrameError, FrameHead, frame_head
-from service.delivery.base import Watcher
+from service.delivery.base import LiveSource, Watcher
+from service.delivery.supervise import restart_forever
 from service.model import ErrorCode, ServiceError
 from service.redis_client import backoff_s
 from service.server_identity import ServerIdentity
@@ -111,25 +113,28 @@ class Read:
 
 
 class Hub:
+    """Implements `Delivery` for the gateway and `LiveSink` for its live source."""
+
     def __init__(
         self,
         reader: EventReader,
         stats: GatewayStats,
+        source: LiveSource,
         *,
         page_size: int,
         max_replay_events: int = 0,
-        on_first_watch: Callable[[str], None] | None = None,
-        on_last_unwatch: Callable[[str], None] | None = None,
         server: ServerIdentity | None = None,
     ) -> None:
         self._reader = reader
+        self._source = source
+        self.mode = source.mode
+        self._task: asyncio.Task[None] | None = None
+        self._catch_up_down = False
         self._server = server or ServerIdentity()
         self._generation = self._server.generation
         self._stats = stats
         self._page_size = page_size
         self._max_replay = max_replay_events  # 0: no limit
-        self._on_first_watch = on_first_watch
-        self._on_last_unwatch = on_last_unwatch
         self.feeds: dict[str, Feed] = {}
         # Jobs to catch up, in order; a feed is in it while its state is PENDING (a name whose
         # feed is gone or no longer pending is skipped).
@@ -143,14 +148,46 @@ class Hub:
         """Watches waiting for their client to drain."""
         return sum(len(jobs) for jobs in self._paused.values())
 
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(
+            restart_forever(
+                "the catch-up task",
+                self.run,
+                on_crash=self._catch_up_crashed,
+                on_restart=self._catch_up_restarted,
+            ),
+            name="catch-up",
+        )
+        await self._source.start(self)
+
+    async def stop(self) -> None:
+        await self._source.stop()
+        if self._task is not None:
+            await stop_tasks([self._task])
+
+    def ready(self) -> bool:
+        return self._source.ready() and not self._catch_up_down
+
+    def _catch_up_crashed(self, _error: BaseException) -> None:
+        self._catch_up_down = True
+
+    def _catch_up_restarted(self) -> None:
+        self._catch_up_down = False
+        # What was being read when it failed: read everything again.
+        for feed in self.feeds.values():
+            feed.catch_up = CatchUp.IDLE
+        self._pending.clear()
+        self.catch_up_all("restart")
+
     # -- watches -------------------------------------------------------------------------------
 
     def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
         feed = self.feeds.get(job)
         if feed is None:
             feed = self.feeds[job] = Feed(job)
-            if self._on_first_watch is not None:
-                self._on_first_watch(job)
+            self._source.follow(job, after_seq)
         previous = feed.watches.get(watcher)
         if previous is None:
             self.watch_count += 1
@@ -171,8 +208,7 @@ class Hub:
             self._forget_pause(job, watcher)
         if not feed.watches:
             del self.feeds[job]
-            if self._on_last_unwatch is not None:
-                self._on_last_unwatch(job)
+            self._source.unfollow(job)
 
     def _end(self, job: str, watch: Watch) -> None:
         self.unwatch(job, watch.watcher)
@@ -279,6 +315,11 @@ class Hub:
 
     def catch_up_all(self, cause: str) -> None:
         for job in self.feeds:
+            self.request_catch_up(job, cause)
+
+    def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
+        """A live source may have lost frames of `jobs` (None: of every job)."""
+        for job in self.feeds if jobs is None else jobs:
             self.request_catch_up(job, cause)
 
     async def run(self) -> None:
@@ -461,26 +502,3 @@ class Hub:
                 if not watch.error_sent:
                     watch.error_sent = True
                     watch.watcher.watch_failed(job, error.code, error.message)
-
-
-class HubDelivery:
-    """The part of a `Delivery` that is the hub's: both modes route watches through one."""
-
-    hub: Hub
-
-    def watch(self, job: str, watcher: Watcher, after_seq: int) -> None:
-        self.hub.watch(job, watcher, after_seq)
-
-    def unwatch(self, job: str, watcher: Watcher) -> None:
-        self.hub.unwatch(job, watcher)
-
-    def drained(self, watcher: Watcher) -> None:
-        self.hub.drained(watcher)
-
-    @property
-    def watch_count(self) -> int:
-        return self.hub.watch_count
-
-    @property
-    def paused_count(self) -> int:
-        return self.hub.paused_count

@@ -1,8 +1,8 @@
-"""`DELIVERY_MODE=pubsub`: one multiplexed pattern subscription per gateway process.
+"""`DELIVERY_MODE=pubsub`: a live source with one pattern subscription per gateway process.
 
 One connection, subscribed to every job's channel with `PSUBSCRIBE`, read by one task that
 hands each frame to the hub and never waits on a client. Frames for jobs nobody here watches
-cost one dict lookup.
+cost one dict lookup. Following a job costs nothing: the pattern covers every job.
 
 Pub/Sub is fire-and-forget: whatever is published while the subscriber is not subscribed is
 lost to it. So every (re)subscription is an event: each job with local watchers catches up
@@ -26,11 +26,11 @@ import redis.asyncio as redis
 
 from service.aio import stop_tasks
 from service.config import Settings
-from service.delivery.hub import Hub, HubDelivery
+from service.delivery.base import LiveSink
+from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.redis_client import RedisFactory, backoff_s
 from service.stats import GatewayStats
-from service.streams import EventReader
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ class PatternSubscriber:
         settings: Settings,
         factory: RedisFactory,
         commands: redis.Redis,
-        hub: Hub,
+        sink: LiveSink,
         stats: GatewayStats,
     ) -> None:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._client = factory.subscriber()
         self._commands = commands
-        self._hub = hub
+        self._sink = sink
         self._stats = stats
         self.gateway_id = secrets.token_hex(4)
         self._probe_channel = self._keys.probe_channel(self.gateway_id).encode()
@@ -86,7 +86,7 @@ class PatternSubscriber:
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
         loop = asyncio.get_running_loop()
-        keys, hub, probe = self._keys, self._hub, self._probe_channel
+        keys, sink, probe = self._keys, self._sink, self._probe_channel
         try:
             # The subscriber's socket has no read timeout, so bound the subscribe itself: a
             # connection that cannot even confirm it is no better than a dead one.
@@ -113,7 +113,7 @@ class PatternSubscriber:
                     if channel == probe:
                         self._probe_sent_at = None
                     else:
-                        hub.publish(keys.job_of_channel(channel), reply[3])
+                        self._hand_over(sink, keys.job_of_channel(channel), reply[3])
                 elif kind == PSUBSCRIBE:
                     self._on_subscribed()
         finally:
@@ -121,18 +121,27 @@ class PatternSubscriber:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    def _hand_over(self, sink: LiveSink, job: str, frame: bytes) -> None:
+        """One frame to the hub; a failure there is not a lost connection."""
+        try:
+            sink.publish(job, frame)
+        except Exception:
+            # A bug in delivery, not in the connection: keep reading, and have this one job
+            # read from its stream rather than reconnecting and re-reading every job.
+            self._stats.delivery_errors += 1
+            log.exception("delivering a frame of job %s failed; catching the job up", job)
+            sink.missed([job], "gap")
+
     def _on_subscribed(self) -> None:
         """Anything published before this moment may have been missed: catch up every job."""
         self.connected = self._connected_this_round = True
         self._probe_sent_at = None
         if self._subscribed_once:
             self._stats.subscriber_reconnects += 1
-            log.info(
-                "subscriber re-subscribed; catching up %d watched job(s)", len(self._hub.feeds)
-            )
+            log.info("subscriber re-subscribed; catching up every watched job")
         else:
             log.info("subscriber connected")
-        self._hub.catch_up_all("reconnect" if self._subscribed_once else "subscribe")
+        self._sink.missed(None, "reconnect" if self._subscribed_once else "subscribe")
         self._subscribed_once = True
 
     async def watchdog(self) -> None:
@@ -161,33 +170,47 @@ class PatternSubscriber:
         await self._client.aclose()
 
 
-class PubSubDelivery(HubDelivery):
+class PubSubSource:
+    """The `pubsub` live source: the subscriber and its watchdog, both supervised."""
+
     mode = "pubsub"
 
     def __init__(
         self, settings: Settings, factory: RedisFactory, commands: redis.Redis, stats: GatewayStats
     ) -> None:
-        keys = Keys(settings.key_prefix)
-        self.hub = Hub(
-            EventReader(commands, keys, factory.breaker),
-            stats,
-            page_size=settings.catch_up_page_size,
-            max_replay_events=settings.max_replay_events,
-            server=factory.identity,
-        )
-        self.subscriber = PatternSubscriber(settings, factory, commands, self.hub, stats)
+        self._settings = settings
+        self._factory = factory
+        self._commands = commands
+        self._stats = stats
+        self.subscriber: PatternSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, sink: LiveSink) -> None:
+        subscriber = PatternSubscriber(
+            self._settings, self._factory, self._commands, sink, self._stats
+        )
+        self.subscriber = subscriber
         self._tasks = [
-            asyncio.create_task(self.hub.run(), name="catch-up"),
-            asyncio.create_task(self.subscriber.supervise(), name="subscriber-supervisor"),
-            asyncio.create_task(self.subscriber.watchdog(), name="subscriber-watchdog"),
+            asyncio.create_task(
+                restart_forever("the subscriber", subscriber.supervise),
+                name="subscriber-supervisor",
+            ),
+            asyncio.create_task(
+                restart_forever("the subscriber's watchdog", subscriber.watchdog),
+                name="subscriber-watchdog",
+            ),
         ]
 
     async def stop(self) -> None:
         await stop_tasks(self._tasks)
-        await self.subscriber.close()
+        if self.subscriber is not None:
+            await self.subscriber.close()
 
     def ready(self) -> bool:
-        return self.subscriber.connected
+        return self.subscriber is not None and self.subscriber.connected
+
+    def follow(self, job: str, after_seq: int) -> None:
+        pass  # the pattern subscription already covers every job
+
+    def unfollow(self, job: str) -> None:
+        pass

@@ -6,10 +6,11 @@ pool whose socket timeout outlasts the block. An idle watched job therefore cost
 3600 / 15 = 240 commands an hour and one Redis connection for as long as it is watched; with
 the seed's "before" settings (`XREAD_BLOCK_MS=100 XREAD_COUNT=10`) it polls ten times a second.
 
-Catch-up on watch, `gone` and error reporting are the hub's, exactly as in `pubsub` mode, so
-both modes give the same guarantees behind the same protocol. When the pool is full
-(`XREAD_MAX_CONNECTIONS`), a new watch gets a `capacity` error and is retried with backoff; it
-never hangs.
+Catch-up on watch, `gone`, flow control and error reporting are the hub's, exactly as in
+`pubsub` mode, so both modes give the same guarantees behind the same protocol. When the pool
+is full (`XREAD_MAX_CONNECTIONS`), a new watch gets a `capacity` error and is retried with
+backoff; it never hangs. A loop that fails in a way that is not Redis trouble is logged,
+restarted after a back-off and its job caught up; `ready` is False meanwhile.
 """
 
 from __future__ import annotations
@@ -18,88 +19,95 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.asyncio as redis
-
 from service.aio import stop_tasks
 from service.config import Settings
-from service.delivery.hub import Hub, HubDelivery
+from service.delivery.base import LiveSink
+from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import stream_id
 from service.redis_client import RedisFactory, backoff_s, map_redis_error
-from service.stats import GatewayStats
-from service.streams import EventReader
 
 log = logging.getLogger(__name__)
 
 
-class XreadDelivery(HubDelivery):
+class XreadSource:
+    """The `xread` live source: a supervised blocking-read loop per followed job."""
+
     mode = "xread"
 
-    def __init__(
-        self, settings: Settings, factory: RedisFactory, commands: redis.Redis, stats: GatewayStats
-    ) -> None:
+    def __init__(self, settings: Settings, factory: RedisFactory) -> None:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._readers = factory.blocking(
             settings.xread_block_ms, max_connections=settings.xread_max_connections, wait=False
         )
-        self.hub = Hub(
-            EventReader(commands, self._keys, factory.breaker),
-            stats,
-            page_size=settings.catch_up_page_size,
-            max_replay_events=settings.max_replay_events,
-            server=factory.identity,
-            on_first_watch=self._follow,
-            on_last_unwatch=self._unfollow,
-        )
+        self._sink: LiveSink | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._catch_up: asyncio.Task[None] | None = None
+        self._cursors: dict[str, int] = {}
+        self._crashed: set[str] = set()  # jobs whose loop is backing off after a failure
 
-    async def start(self) -> None:
-        self._catch_up = asyncio.create_task(self.hub.run(), name="catch-up")
+    async def start(self, sink: LiveSink) -> None:
+        self._sink = sink
 
     async def stop(self) -> None:
-        tasks = [*self._loops.values(), *([self._catch_up] if self._catch_up else [])]
-        await stop_tasks(tasks)
+        await stop_tasks(self._loops.values())
         self._loops.clear()
         await self._readers.aclose()
 
     def ready(self) -> bool:
-        return True  # nothing of its own to be down; /readyz also checks Redis itself
+        # Nothing of its own to be down but its loops; /readyz also checks Redis itself.
+        return not self._crashed
 
-    def _follow(self, job: str) -> None:
-        self._loops[job] = asyncio.create_task(self._read_loop(job), name=f"xread-{job}")
+    def follow(self, job: str, after_seq: int) -> None:
+        self._cursors[job] = after_seq
+        self._loops[job] = asyncio.create_task(
+            restart_forever(
+                f"the XREAD loop of job {job}",
+                lambda: self._read_loop(job),
+                on_crash=lambda _e: self._crashed.add(job),
+                on_restart=lambda: self._restarted(job),
+            ),
+            name=f"xread-{job}",
+        )
 
-    def _unfollow(self, job: str) -> None:
+    def unfollow(self, job: str) -> None:
         task = self._loops.pop(job, None)
         if task is not None:
             task.cancel()
+        self._cursors.pop(job, None)
+        self._crashed.discard(job)
+
+    def _restarted(self, job: str) -> None:
+        self._crashed.discard(job)
+        if self._sink is not None:
+            self._sink.missed([job], "restart")
 
     async def _read_loop(self, job: str) -> None:
+        sink = self._sink
+        assert sink is not None, "started before reading"
         key = self._keys.events(job)
         block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
-        feed = self.hub.feeds.get(job)
-        cursor = max((w.last_seq for w in feed.watches.values()), default=0) if feed else 0
         failures = 0
-        while job in self.hub.feeds:
+        while True:
             try:
-                reply: Any = await self._readers.xread({key: stream_id(cursor)}, count, block_ms)
+                reply: Any = await self._readers.xread(
+                    {key: stream_id(self._cursors[job])}, count, block_ms
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 error = map_redis_error(e)
                 if error is None:
-                    log.exception("XREAD loop for job %s failed", job)
-                    raise
+                    raise  # not Redis trouble: the supervisor logs it and restarts the loop
                 failures += 1
-                self.hub.report([job], error)
+                sink.report([job], error)
                 await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
                 continue
             if failures:
                 failures = 0
-                self.hub.request_catch_up(job, "reconnect")
+                sink.missed([job], "reconnect")
             for _, entries in reply or ():
                 for _, fields in entries:
-                    frame = fields[b"f"]
-                    self.hub.publish(job, frame)
-                cursor = max(cursor, int(entries[-1][0].split(b"-", 1)[0]))
+                    sink.publish(job, fields[b"f"])
+                last = int(entries[-1][0].split(b"-", 1)[0])
+                self._cursors[job] = max(self._cursors[job], last)

@@ -1,7 +1,7 @@
 """The hub's flow control, step by step: real Redis, the real outbox, a client we pace.
 
-The live source is this test (it hands the hub each frame the emit script wrote), and the
-client is an in-memory queue of bounded size that the outbox sends into, so each test
+The live source is the in-memory one (the test pushes each frame the emit script wrote), and
+the client is an in-memory queue of bounded size that the outbox sends into, so each test
 decides exactly when the client reads and the order in which things happen.
 """
 
@@ -17,9 +17,9 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from service.aio import stop_tasks
 from service.codec import seq_of_frame
 from service.delivery.hub import Hub
+from service.delivery.memory import MemorySource
 from service.gateway.outbox import Outbox
 from service.keys import Keys
 from service.model import ErrorCode
@@ -117,10 +117,13 @@ class GatedReader(EventReader):
 
 
 class Job:
-    """A job written with the real emit script; `publish` plays the live source."""
+    """A job written with the real emit script, its frames pushed through the live source."""
 
     def __init__(self, client: redis.Redis, hub: Hub, name: str, size: int) -> None:
-        self.client, self.hub, self.name, self.size = client, hub, name, size
+        self.client, self.name, self.size = client, name, size
+        source = hub._source
+        assert isinstance(source, MemorySource)
+        self.source = source
         self.seq = 0
 
     async def create(self) -> Job:
@@ -140,15 +143,15 @@ class Job:
         if publish:
             entries: Any = await self.client.xrange(KEYS.events(self.name), f"{first}-0", "+")
             for _, fields in entries:
-                self.hub.publish(self.name, fields[b"f"])
+                self.source.push(self.name, fields[b"f"])
 
 
 @pytest.fixture
 async def hub(migrated: redis.Redis) -> AsyncIterator[Hub]:
-    hub = Hub(GatedReader(migrated), GatewayStats(), page_size=500)
-    task = asyncio.create_task(hub.run())
+    hub = Hub(GatedReader(migrated), GatewayStats(), MemorySource(), page_size=500)
+    await hub.start()
     yield hub
-    await stop_tasks([task])
+    await hub.stop()
 
 
 def reader_of(hub: Hub) -> GatedReader:
@@ -272,7 +275,7 @@ async def test_one_drain_resumes_every_job_of_the_client(hub: Hub, migrated: red
 async def test_pages_are_bounded_in_bytes_and_hold_at_least_one_frame(
     migrated: redis.Redis,
 ) -> None:
-    hub = Hub(EventReader(migrated, KEYS), GatewayStats(), page_size=500)
+    hub = Hub(EventReader(migrated, KEYS), GatewayStats(), MemorySource(), page_size=500)
     job = await Job(migrated, hub, "big", 10_000).create()
     await job.emit(50, publish=False)
     reader = EventReader(migrated, KEYS)
@@ -305,7 +308,7 @@ async def test_a_malformed_live_frame_is_counted_and_its_job_caught_up(
     hub.watch("bad", watcher, 0)
     hub.watch("good", watcher, 0)
     await job.emit(2, publish=False)  # stored, but what arrives live is garbage
-    hub.publish("bad", b'{"seq":1,"job":"bad" garbage')
+    job.source.push("bad", b'{"seq":1,"job":"bad" garbage')
     await other.emit(2)
     await client.read(4)
     assert (client.seqs("bad"), client.seqs("good")) == ([1, 2], [1, 2])
