@@ -52,6 +52,7 @@ class Outbox:
     __slots__ = (
         "_backlog",
         "_closing",
+        "_idle",
         "_limit",
         "_loop",
         "_on_drained",
@@ -94,6 +95,7 @@ class Outbox:
         self._owed = False  # a refusal was given: call `on_drained` once the queue is low
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[bool] | None = None  # the writer waits here for more
         self._stall_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._progress_at = self.last_sent_at = self._loop.time()
@@ -186,7 +188,11 @@ class Outbox:
     # -- the writer ----------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self._writer is None or self._writer.done():
+        idle = self._idle
+        if idle is not None:
+            if not idle.done():
+                idle.set_result(True)  # the writer is waiting for more: here it is
+        elif self._writer is None or self._writer.done():
             self._progress_at = self._loop.time()
             self._writer = self._loop.create_task(self._write_queued())
             if self._stall_timer is None:
@@ -195,36 +201,60 @@ class Outbox:
                 )
 
     def _check_stall(self) -> None:
-        """Runs every `stall_timeout_s` while the writer works; idle clients cost no timer."""
+        """Runs every `stall_timeout_s` while the writer lives; idle clients cost no timer.
+
+        A writer with nothing to send for that long ends (the next frame starts a new one); a
+        writer whose send made no progress for that long means a stalled client.
+        """
         self._stall_timer = None
         if self._writer is None or self._writer.done() or self._closing:
             return
-        since = self._progress_at + self._stall_s
-        if self._loop.time() >= since:
-            self._on_stalled()
-        else:
-            self._stall_timer = self._loop.call_at(since, self._check_stall)
+        now, due = self._loop.time(), self._progress_at + self._stall_s
+        if now >= due:
+            if self._idle is None:
+                self._on_stalled()
+            elif not self._idle.done():
+                self._idle.set_result(False)
+            return
+        self._stall_timer = self._loop.call_at(due, self._check_stall)
 
     async def _write_queued(self) -> None:
-        """Send everything queued, then end; the only code that sends on this connection."""
+        """Send what is queued, waiting for more while traffic goes on; the only code that
+        sends on this connection.
+
+        The writer outlives an empty queue (until `_check_stall` ends it), so a client that
+        receives a frame now and then does not cost a new task per frame.
+        """
         queue, send, stats, loop = self._queue, self._send_frame, self._stats, self._loop
         latency = stats.latency
         try:
-            while queue:
-                item = queue.popleft()
-                if isinstance(item, Close):
-                    stats.closes[item.code] += 1
-                    await self._send_close(item.code, item.reason)
+            while True:
+                while queue:
+                    item = queue.popleft()
+                    if isinstance(item, Close):
+                        stats.closes[item.code] += 1
+                        await self._send_close(item.code, item.reason)
+                        return
+                    self._backlog -= len(item)
+                    await send(item)
+                    self._progress_at = self.last_sent_at = loop.time()
+                    stats.frames_sent += 1
+                    if not stats.frames_sent % LATENCY_SAMPLE_EVERY and item.startswith(
+                        EVENT_PREFIX
+                    ):
+                        with contextlib.suppress(FrameError):
+                            latency.observe_ms(time.time() * 1000 - frame_head(item).ts)
+                    if self._owed and self._backlog <= self._resume_at:
+                        self._owed = False
+                        self._on_drained()
+                if self._closing:
                     return
-                self._backlog -= len(item)
-                await send(item)
-                self._progress_at = self.last_sent_at = loop.time()
-                stats.frames_sent += 1
-                if not stats.frames_sent % LATENCY_SAMPLE_EVERY and item.startswith(EVENT_PREFIX):
-                    with contextlib.suppress(FrameError):
-                        latency.observe_ms(time.time() * 1000 - frame_head(item).ts)
-                if self._owed and self._backlog <= self._resume_at:
-                    self._owed = False
-                    self._on_drained()
+                self._idle = loop.create_future()
+                try:
+                    more = await self._idle
+                finally:
+                    self._idle = None
+                if not more and not queue:
+                    return
         except OSError as e:  # the client vanished mid-send (uvicorn's ClientDisconnected)
             log.debug("send failed: %s", e)
