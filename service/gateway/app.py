@@ -21,7 +21,7 @@ from service.delivery import Delivery, create_delivery
 from service.gateway.errors import HTTPFailure, error_response, service_error_response
 from service.gateway.health import Health
 from service.gateway.jobs import Intake
-from service.gateway.session import Sessions
+from service.gateway.sessions import Sessions
 from service.gateway.ws import WebSocketEndpoint
 from service.keys import Keys
 from service.metrics import CONTENT_TYPE, GatewayCollector, registry_with, render
@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> GatewayApp:
             log.info("gateway ready (delivery mode %s)", settings.delivery_mode)
             yield
         finally:
-            await sessions.close_all(1001, settings.shutdown_grace_s)
+            await sessions.close_all(settings.shutdown_grace_s)
             await delivery.stop()
             state.clear()
             await client.aclose()

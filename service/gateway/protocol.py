@@ -1,13 +1,25 @@
-"""Client frames of the WebSocket protocol: parsed and checked, or refused with a reason."""
+"""Client frames of the watch protocol, parsed and checked or refused; and the close codes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import orjson
 
 from service.codec import json_type
 from service.model import JOB_ID_RE, seq_of_stream_id
+
+
+class CloseCode(IntEnum):
+    """Why the gateway closes a client's connection (WebSocket close codes, RFC 6455)."""
+
+    IDLE = 1000  # nothing sent or received for IDLE_TIMEOUT_S
+    GOING_AWAY = 1001  # the gateway is shutting down
+    POLICY = 1008  # too many bad frames, or an Origin that is not allowed
+    TOO_LARGE = 1009  # a frame over MAX_FRAME_BYTES (uvicorn enforces it)
+    INTERNAL_ERROR = 1011
+    TRY_LATER = 1013  # accepted nothing for SEND_STALL_TIMEOUT_S, or the gateway is full
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import uvicorn
 
 from service.config import Settings
 from service.gateway.app import GatewayApp, create_app
-from service.gateway.session import Sessions
+from service.gateway.sessions import Sessions
 from service.keys import Keys
 from service.migrate import require_layout
 from service.redis_client import RedisFactory, redis_errors
@@ -78,7 +78,7 @@ class GatewayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # no new connections while the old ones are told to go
-        await self._sessions.close_all(1001, self._grace_s)
+        await self._sessions.close_all(self._grace_s)
         await super().shutdown(sockets)
 
 

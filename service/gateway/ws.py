@@ -1,17 +1,138 @@
-"""The `/ws` endpoint: a raw ASGI app, so the session talks to uvicorn without extra layers."""
+"""The WebSocket transport: `/ws` as a raw ASGI app, one `WebSocketSession` per connection.
+
+The connection's own task reads; everything sent goes through the client's outbox and its
+single writer (see `outbox.py`); what a frame means is the watch protocol's (`watches.py`).
+Skipping Starlette's router for `/ws` keeps an idle socket a few KiB smaller, which adds up
+over tens of thousands of sockets.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from service.gateway.session import CLOSE_POLICY, CLOSE_TRY_LATER, Receive, Send, Session
+from service.config import Settings
+from service.delivery.base import Delivery
+from service.gateway.protocol import BadFrame, CloseCode
+from service.gateway.watches import Watches
+from service.stats import GatewayStats
 
 if TYPE_CHECKING:
     from service.gateway.app import Gateway
 
 log = logging.getLogger(__name__)
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class WebSocketSession:
+    """One accepted WebSocket: reads it until either side closes, with an idle timeout."""
+
+    __slots__ = (
+        "__weakref__",
+        "_close_deadline",
+        "_last_read",
+        "_loop",
+        "_read_timeout",
+        "_receive",
+        "_send",
+        "_settings",
+        "watches",
+    )
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        delivery: Delivery,
+        settings: Settings,
+        stats: GatewayStats,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._settings = settings
+        self.watches = Watches(
+            self._send_text,
+            self._send_close,
+            close=self.close,
+            delivery=delivery,
+            settings=settings,
+            stats=stats,
+        )
+        self._read_timeout: asyncio.Timeout | None = None
+        self._close_deadline = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
+
+    async def _send_text(self, frame: bytes) -> None:
+        await self._send({"type": "websocket.send", "text": frame.decode()})
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    @property
+    def close_code(self) -> int | None:
+        return self.watches.outbox.close_code
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Queue the close frame behind what is queued; the writer sends it and stops.
+
+        The reader is woken so the session ends within `SHUTDOWN_GRACE_S` even when the
+        client never reads again.
+        """
+        outbox = self.watches.outbox
+        if outbox.closing:
+            return
+        outbox.close(code, reason)
+        self._close_deadline = self._loop.time() + self._settings.shutdown_grace_s
+        if self._read_timeout is not None:
+            self._read_timeout.reschedule(self._close_deadline)
+
+    async def run(self) -> None:
+        """Serve the socket (already accepted) until either side closes it."""
+        try:
+            await self._read_loop()
+        finally:
+            await self.watches.outbox.finish(self._close_deadline)
+            self.watches.end()
+
+    async def _read_loop(self) -> None:
+        idle_s = self._settings.idle_timeout_s
+        receive, watches, outbox = self._receive, self.watches, self.watches.outbox
+        while True:
+            now = self._loop.time()
+            if outbox.closing:
+                deadline = self._close_deadline
+                if now >= deadline:
+                    return
+            else:
+                deadline = max(self._last_read, outbox.last_sent_at) + idle_s
+                if now >= deadline:
+                    self.close(CloseCode.IDLE, "idle timeout")
+                    continue
+            try:
+                async with asyncio.timeout_at(deadline) as self._read_timeout:
+                    message = await receive()
+            except TimeoutError:
+                continue
+            finally:
+                self._read_timeout = None
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                outbox.client_gone(message.get("code", 1005))
+                return
+            if kind != "websocket.receive" or outbox.closing:
+                continue
+            self._last_read = self._loop.time()
+            text = message.get("text")
+            if text is None:
+                watches.bad_frame(BadFrame("frames must be text (JSON), not binary"))
+            else:
+                watches.receive_text(text)
 
 
 class WebSocketEndpoint:
@@ -23,28 +144,32 @@ class WebSocketEndpoint:
         if message["type"] != "websocket.connect":
             return
         gateway = self._gateway()
-        settings, stats = gateway.settings, gateway.stats
+        settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
-        session = Session(receive, send, gateway.delivery, settings, stats)
-        if settings.allowed_origins and _origin(scope) not in settings.allowed_origins:
-            session.close(CLOSE_POLICY, "origin not allowed")
-        elif len(gateway.sessions.open) >= settings.max_sockets:
-            log.warning("refusing a WebSocket: %d open, the limit", len(gateway.sessions.open))
-            session.close(CLOSE_TRY_LATER, "server at capacity, retry later")
-        elif gateway.sessions.shutting_down:
-            session.close(1001, "server shutting down")
-        gateway.sessions.add(session)
+        session = WebSocketSession(receive, send, gateway.delivery, settings, stats)
+        if not _origin_allowed(scope, settings.allowed_origins):
+            session.close(CloseCode.POLICY, "origin not allowed")
+        elif len(sessions.open) >= settings.max_sockets:
+            log.warning("refusing a WebSocket: %d open, the limit", len(sessions.open))
+            session.close(CloseCode.TRY_LATER, "server at capacity, retry later")
+        elif sessions.shutting_down:
+            session.close(CloseCode.GOING_AWAY, "server shutting down")
+        sessions.add(session)
         stats.sockets_open += 1
         stats.sockets_total += 1
         try:
             await session.run()
         finally:
             stats.sockets_open -= 1
-            gateway.sessions.remove(session)
+            sessions.remove(session)
 
 
-def _origin(scope: dict[str, Any]) -> str:
+def _origin_allowed(scope: dict[str, Any], allowed: tuple[str, ...]) -> bool:
+    """Only browsers send `Origin`, and they always do: a wrong one is refused; none at all
+    (the CLI, a backend) cannot be a page of another site, and is admitted."""
+    if not allowed:
+        return True
     for name, value in scope.get("headers", ()):
         if name == b"origin":
-            return str(value.decode("latin-1"))
-    return ""
+            return value.decode("latin-1") in allowed
+    return True

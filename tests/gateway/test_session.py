@@ -68,6 +68,9 @@ async def test_origins_outside_the_allow_list_are_closed_with_1008(tmp_path: Pat
     async with running_stack(tmp_path, allowed_origins=("https://app.example",)) as base:
         async with connect(base, origin="https://evil.example") as ws:
             assert await ws.closed_with() == 1008
+        async with connect(base) as ws:  # no Origin at all: not a browser, so no other site
+            await ws.send({"op": "ping"})
+            assert await ws.recv() == {"type": "pong"}
         async with connect(base, origin="https://app.example") as ws:
             await ws.send({"op": "ping"})
             assert await ws.recv() == {"type": "pong"}
