@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError
@@ -119,6 +119,19 @@ class Page:
     more: bool = False  # the page stopped at a limit: more may follow `frames`
     # The stored frame at each position asked to be checked (None: no entry there).
     stored: dict[int, bytes | None] = field(default_factory=dict)
+
+
+class PageReader(Protocol):
+    """Where catch-up reads stored events: Redis (`EventReader`), or memory in tests."""
+
+    async def pages(
+        self,
+        requests: list[PageRequest],
+        count: int,
+        checks: Mapping[str, list[int]] | None = None,
+    ) -> list[Page]:
+        """A page per request: at most `count` frames and `max_bytes` bytes, at least one
+        frame when there is one; `checks` also reads the entries at those seqs of those jobs."""
 
 
 class EventReader:

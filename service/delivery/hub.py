@@ -44,7 +44,7 @@ from service.model import ErrorCode, ServiceError
 from service.redis_client import backoff_s
 from service.server_identity import ServerIdentity
 from service.stats import GatewayStats
-from service.streams import EventReader, Page, PageRequest
+from service.streams import Page, PageReader, PageRequest
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Hub:
 
     def __init__(
         self,
-        reader: EventReader,
+        reader: PageReader,
         stats: GatewayStats,
         source: LiveSource,
         *,

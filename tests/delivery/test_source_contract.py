@@ -1,0 +1,144 @@
+"""One contract, every live source: memory, pubsub and xread behind the same hub.
+
+Each source is given the hub and a way to write a job's event the way a worker does (durably,
+and notified); the same tests then hold for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as redis
+
+from service.codec import event_frame
+from service.config import Settings
+from service.delivery.base import LiveSource
+from service.delivery.hub import Hub
+from service.delivery.memory import MemorySource, MemoryStreams
+from service.delivery.pubsub import PubSubSource
+from service.delivery.xread import XreadSource
+from service.keys import Keys
+from service.model import EventKind
+from service.redis_client import RedisFactory
+from service.scripts import CREATE_JOB, EMIT
+from service.stats import GatewayStats
+from service.streams import EventReader, PageReader
+from tests.conftest import wait_for
+from tests.delivery.clients import Client, Watcher
+
+KEYS = Keys()
+SOURCES = ["memory", "pubsub", "xread"]
+
+# (job, seq, terminal, notify): store the event; notify=False is a notification lost.
+Write = Callable[[str, int, bool, bool], Awaitable[None]]
+
+
+@dataclass
+class Rig:
+    hub: Hub
+    write: Write
+
+    async def events(self, job: str, first: int, last: int, *, notify: bool = True) -> None:
+        for seq in range(first, last + 1):
+            await self.write(job, seq, False, notify)
+
+    async def done(self, job: str, seq: int) -> None:
+        await self.write(job, seq, True, True)
+
+
+def memory_rig() -> tuple[LiveSource, PageReader, Write]:
+    source, streams = MemorySource(), MemoryStreams()
+
+    async def write(job: str, seq: int, terminal: bool, notify: bool) -> None:
+        kind = EventKind.DONE if terminal else EventKind.DATA
+        frame = event_frame(seq, job, kind, 1, b"{}")
+        streams.append(job, frame, terminal=terminal)
+        if notify:
+            source.push(job, frame)
+
+    return source, streams, write
+
+
+def redis_rig(
+    name: str, settings: Settings, client: redis.Redis
+) -> tuple[LiveSource, PageReader, Write]:
+    factory = RedisFactory(settings, "gateway")
+    source: LiveSource = (
+        PubSubSource(settings, factory, client, GatewayStats())
+        if name == "pubsub"
+        else XreadSource(settings, factory)
+    )
+    created: set[str] = set()
+
+    async def write(job: str, seq: int, terminal: bool, notify: bool) -> None:
+        if job not in created:
+            created.add(job)
+            await CREATE_JOB(client, [KEYS.meta(job)], ["count", 0, 60_000])
+        kind = EventKind.DONE if terminal else EventKind.DATA
+        if notify:  # the worker's own script: XADD and PUBLISH, atomically
+            keys = [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)]
+            await EMIT(client, keys, [job, 60_000, 1000, seq, kind.value, 1, "{}"])
+        else:  # stored, but the notification is lost
+            frame = event_frame(seq, job, kind, 1, b"{}")
+            await client.xadd(KEYS.events(job), {"f": frame}, id=f"{seq}-0")
+            await client.hset(KEYS.meta(job), "seq", seq)
+
+    return source, EventReader(client, KEYS), write
+
+
+@pytest.fixture(params=SOURCES)
+async def rig(
+    request: pytest.FixtureRequest, settings: Settings, migrated: redis.Redis
+) -> AsyncIterator[Rig]:
+    name = str(request.param)
+    source, reader, write = (
+        memory_rig() if name == "memory" else redis_rig(name, settings, migrated)
+    )
+    hub = Hub(reader, GatewayStats(), source, page_size=100)
+    await hub.start()
+    await wait_for(hub.ready, what=f"the {name} source to be ready")
+    yield Rig(hub, write)
+    await hub.stop()
+
+
+async def test_watchers_at_different_positions_get_each_event_once_in_order(rig: Rig) -> None:
+    await rig.events("j", 1, 5)
+    first = Watcher(rig.hub, Client(500), 1 << 20)
+    late = Watcher(rig.hub, Client(500), 1 << 20)
+    rig.hub.watch("j", first, 0)
+    rig.hub.watch("j", late, 3)
+    await first.client.read(5)
+    await rig.events("j", 6, 30)
+    await rig.done("j", 31)
+    await first.client.read(26)
+    await late.client.read(28)
+    assert first.client.seqs("j") == list(range(1, 32))
+    assert late.client.seqs("j") == list(range(4, 32))
+    assert first.ended == late.ended == ["j"]
+    assert rig.hub.watch_count == 0
+
+
+async def test_a_lost_notification_is_caught_up_by_the_next_one(rig: Rig) -> None:
+    watcher = Watcher(rig.hub, Client(500), 1 << 20)
+    rig.hub.watch("j", watcher, 0)
+    await rig.events("j", 1, 2)
+    await watcher.client.read(2)
+    await rig.events("j", 3, 6, notify=False)
+    await rig.events("j", 7, 7)
+    await watcher.client.read(5)
+    assert watcher.client.seqs("j") == list(range(1, 8))
+
+
+async def test_nothing_reaches_a_watcher_after_it_unwatched(rig: Rig) -> None:
+    stays = Watcher(rig.hub, Client(500), 1 << 20)
+    leaves = Watcher(rig.hub, Client(500), 1 << 20)
+    rig.hub.watch("j", stays, 0)
+    rig.hub.watch("j", leaves, 0)
+    await rig.events("j", 1, 2)
+    await leaves.client.read(2)
+    rig.hub.unwatch("j", leaves)
+    await rig.events("j", 3, 4)
+    await stays.client.read(4)
+    assert leaves.client.seqs("j") == [1, 2] and leaves.client.frames.empty()
