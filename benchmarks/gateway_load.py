@@ -9,6 +9,9 @@ processes, and this process as the load generator (service/bench/wsload.py).
   events as fast as the worker can; delivered events/s at the clients, and exactness.
 - latency: --latency-sockets 1000 sockets, one job each, one event per job per second
   (1,000 events/s) for --latency-seconds 10; emit-to-receipt latency percentiles.
+- roundrobin: --rr-sockets 1000 sockets, one job each; this process writes one event of every
+  job per round (the emit script, pipelined), job after job, --rr-rounds times, at most
+  --rr-window rounds ahead of the clients: delivered events/s when no job has many watchers.
 - idle: --idle-sockets 10000 sockets, one silent job each, for --idle-seconds 30: gateway RSS,
   CPU, Redis commands (INFO commandstats) and Redis connections.
 - catchup: with the idle sockets open, one event per watched job is written to the streams
@@ -40,6 +43,10 @@ from service.bench.harness import (
     write_first_events,
 )
 from service.bench.wsload import Received, open_sockets
+from service.keys import Keys
+from service.scripts import EMIT
+
+KEYS = Keys()
 
 
 def in_order(sockets: list[Any], expected: list[int]) -> bool:
@@ -88,6 +95,44 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": percentile_ms(lat, 99),
         "max_ms": max(lat) / 1e6,
         "emitted_before_watches_were_live": sink.before_live,
+    }
+
+
+async def round_robin(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """One socket per job; each round writes one event of every job (emit script, pipelined),
+    in turn, at most --rr-window rounds ahead of what the clients have received."""
+    count = args.rr_sockets
+    jobs = await stack.submit_many("echo", {}, count)  # no worker: this process writes
+    sink = Received()
+    sockets = await open_sockets(stack.base, count, sink, keep_seqs=True)
+    watch_all(sockets, jobs)
+    await until(lambda: sink.frames >= count, 120)
+    await asyncio.sleep(1.0)  # the watches' initial catch-ups finish
+    await stack.client.script_load(EMIT.source)
+
+    async def received(events: int) -> None:
+        await until(lambda: sink.events >= events, 120, step_s=0.0005)
+
+    started = time.perf_counter()
+    for seq in range(1, args.rr_rounds + 1):
+        pipe = stack.client.pipeline(transaction=False)
+        for job, _ in jobs:
+            keys = [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)]
+            event = [job, 86_400_000, 10**6, seq, "data", 0, '{"i":1}']
+            pipe.execute_command(*EMIT.evalsha_args(keys, event))
+        await pipe.execute()
+        await received((seq - args.rr_window) * count)
+    await received(args.rr_rounds * count)
+    seconds = time.perf_counter() - started
+    exact = in_order(sockets, list(range(1, args.rr_rounds + 1)))
+    await close_all(sockets)
+    return {
+        "sockets": count,
+        "rounds": args.rr_rounds,
+        "deliveries": args.rr_rounds * count,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(args.rr_rounds * count / seconds),
+        "exact": exact,
     }
 
 
@@ -140,13 +185,16 @@ async def idle_and_catch_up(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description="resultcast gateway load benchmark")
-    parser.add_argument("--phases", default="throughput,latency,idle,catchup")
+    parser.add_argument("--phases", default="throughput,latency,roundrobin,idle,catchup")
     parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--latency-sockets", type=int, default=1000)
     parser.add_argument("--latency-seconds", type=int, default=10)
+    parser.add_argument("--rr-sockets", type=int, default=1000)
+    parser.add_argument("--rr-rounds", type=int, default=300)
+    parser.add_argument("--rr-window", type=int, default=20)
     parser.add_argument("--idle-sockets", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args()
@@ -158,6 +206,8 @@ async def main() -> None:
             print("throughput", await throughput(stack, args), flush=True)
         if "latency" in phases:
             print("latency", await latency(stack, args), flush=True)
+        if "roundrobin" in phases:
+            print("roundrobin", await round_robin(stack, args), flush=True)
         if phases & {"idle", "catchup"}:
             for name, figures in (await idle_and_catch_up(stack, args, phases)).items():
                 print(name, figures, flush=True)

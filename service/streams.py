@@ -98,6 +98,11 @@ class JobStore:
         return {name.decode() if isinstance(name, bytes) else name for name in names}
 
 
+# What one catch-up call may read in all (past its first page): bounds how long it holds
+# Redis and how large its reply is, whatever the number of jobs in it.
+CALL_BUDGET_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PageRequest:
     """Read `job`'s events after `after_seq`: at most `max_bytes` of frames (and at least one)."""
@@ -117,6 +122,7 @@ class Page:
     frames: list[bytes]
     finished: bool = False  # the job has its terminal event (at `last_seq`)
     more: bool = False  # the page stopped at a limit: more may follow `frames`
+    unread: bool = False  # not read this time (the call's byte budget ran out): ask again
     # The stored frame at each position asked to be checked (None: no entry there).
     stored: dict[int, bytes | None] = field(default_factory=dict)
 
@@ -135,10 +141,11 @@ class PageReader(Protocol):
 
 
 class EventReader:
-    """Reads pages of events for many jobs in one pipelined round trip (catch-up).
+    """Reads pages of events for many jobs in one script call (catch-up).
 
-    Pages are bounded in bytes by a script (`read_page.lua`), not only in events, so that
-    what a catch-up reads for a client never exceeds what that client's queue can take.
+    Pages are bounded in bytes by the script (`read_page.lua`), not only in events, so that
+    what a catch-up reads for a client never exceeds what that client's queue can take; and
+    one call reads no more than about `CALL_BUDGET_BYTES` in all (jobs past it are `unread`).
     """
 
     def __init__(
@@ -162,9 +169,13 @@ class EventReader:
         def read_with(script_args: Callable[[list[str], list[Any]], tuple[Any, ...]]) -> Any:
             async def read() -> list[Any]:
                 pipe = self._client.pipeline(transaction=False)
-                for r in requests:
-                    args = [stream_id(r.after_seq), count, max(1, r.max_bytes)]
-                    pipe.execute_command(*script_args([keys.events(r.job), keys.meta(r.job)], args))
+                if requests:
+                    script_keys: list[str] = []
+                    args: list[Any] = [count, CALL_BUDGET_BYTES]
+                    for r in requests:
+                        script_keys += [keys.events(r.job), keys.meta(r.job)]
+                        args += [stream_id(r.after_seq), max(1, r.max_bytes)]
+                    pipe.execute_command(*script_args(script_keys, args))
                 for job, seq in check_list:
                     pipe.xrange(keys.events(job), stream_id(seq), stream_id(seq))
                 return list(await pipe.execute())
@@ -178,12 +189,16 @@ class EventReader:
                 # Redis lost its script cache (a restart, a failover, SCRIPT FLUSH): EVAL
                 # runs the script and caches it again for the next read.
                 replies = await retrying(read_with(READ_PAGE.eval_args), attempts=2)
+        answers = replies.pop(0) if requests else []
         stored: dict[str, dict[int, bytes | None]] = {}
-        for (job, seq), entries in zip(check_list, replies[len(requests) :], strict=True):
+        for (job, seq), entries in zip(check_list, replies, strict=True):
             stored.setdefault(job, {})[seq] = entries[0][1][b"f"] if entries else None
         pages = []
-        for r, reply in zip(requests, replies, strict=False):
-            seq, status, more, *frames = reply
+        for r, answer in zip(requests, answers, strict=True):
+            if answer is None:  # the call's byte budget ran out before this job
+                pages.append(Page(r.job, exists=True, last_seq=0, frames=[], unread=True))
+                continue
+            seq, status, more, *frames = answer
             pages.append(
                 Page(
                     r.job,

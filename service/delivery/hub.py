@@ -418,12 +418,15 @@ class Hub:
             self._requeue(feeds)
             self._server_changed()
             return
-        stored = {page.job: page.stored for page in pages if page.job in sent}
+        stored = {page.job: page.stored for page in pages if page.job in sent and not page.unread}
         for feed in feeds:
-            if feed.unverified and self.feeds.get(feed.job) is feed:
+            if feed.unverified and feed.job in stored and self.feeds.get(feed.job) is feed:
                 self._verify(feed, sent[feed.job], stored.get(feed.job, {}))
         more: set[str] = set()
         for read, page in zip(reads, pages, strict=True):
+            if page.unread:
+                more.add(read.feed.job)  # read it in the next round trip
+                continue
             self._apply(read, page)
             if page.more:
                 more.add(read.feed.job)

@@ -1,44 +1,66 @@
 #!lua flags=no-writes
--- Read one page of a job's stored event frames, bounded in events AND in bytes.
+-- Read pages of stored event frames for many jobs at once, bounded in events AND in bytes.
 --
 -- XRANGE alone can only bound a page by count, and a count of large events can be any size;
--- this reads in small chunks and stops once the page is full, so what the gateway receives
+-- this reads in small chunks and stops once a page is full, so what the gateway receives
 -- (and must hold until its client takes it) is bounded by the bytes it asked for. A page always
 -- holds at least one frame when there is one: events of any allowed size replay in full.
+-- One call serves many jobs (a catch-up of thousands of jobs is a few calls, not thousands);
+-- once the frames read in this call pass ARGV[2] bytes, the remaining jobs are not read and
+-- are answered `false`, so one call never holds Redis (or the reply) long.
 -- Read-only (no-writes): it runs under maxmemory pressure and on replicas.
 --
--- KEYS[1] the job's events stream, KEYS[2] its meta hash
--- ARGV[1] read after this stream id (exclusive), ARGV[2] most frames, ARGV[3] most bytes
--- Returns {seq, status, more, frame, frame, ...}: the meta hash's `seq` and `status` (nil
--- when the job is unknown), more = 1 when the page stopped at a limit rather than at the end.
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'status')
-local page = {meta[1], meta[2], 0}
-local start = '(' .. ARGV[1]
-local max_frames, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local frames, bytes = 0, 0
--- Small first chunk: a page of large events then costs Redis little more than the page.
-local chunk = 4
-while frames < max_frames do
-  local want = math.min(chunk, max_frames - frames)
-  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', want)
-  for _, entry in ipairs(entries) do
-    local frame = entry[2][2]
-    if frames > 0 and bytes + #frame > max_bytes then
-      page[3] = 1
-      return page
+-- KEYS: for each job, its events stream then its meta hash
+-- ARGV[1] most frames per page, ARGV[2] most bytes per call (after the first page),
+-- then for each job: read after this stream id (exclusive), most bytes for its page
+-- Returns one entry per job: {seq, status, more, frame, frame, ...} (seq and status from the
+-- meta hash, nil when the job is unknown; more = 1 when the page stopped at a limit), or
+-- false when the call's byte budget ran out before that job.
+local max_frames, call_budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local call_bytes = 0
+
+local function read_page(events, meta, after, max_bytes)
+  local head = redis.call('HMGET', meta, 'seq', 'status')
+  local page = {head[1], head[2], 0}
+  local start = '(' .. after
+  local frames, bytes = 0, 0
+  -- Small first chunk: a page of large events then costs Redis little more than the page.
+  local chunk = 4
+  while frames < max_frames do
+    local want = math.min(chunk, max_frames - frames)
+    local entries = redis.call('XRANGE', events, start, '+', 'COUNT', want)
+    for _, entry in ipairs(entries) do
+      local frame = entry[2][2]
+      if frames > 0 and bytes + #frame > max_bytes then
+        page[3] = 1
+        return page, bytes
+      end
+      frames = frames + 1
+      bytes = bytes + #frame
+      page[#page + 1] = frame
+      start = '(' .. entry[1]
     end
-    frames = frames + 1
-    bytes = bytes + #frame
-    page[#page + 1] = frame
-    start = '(' .. entry[1]
+    if #entries < want then
+      return page, bytes
+    end
+    -- Size the next chunk from what was seen (at most 64 entries, so an odd large event
+    -- after many small ones costs a bounded read).
+    local left = math.floor((max_bytes - bytes) * frames / bytes) + 1
+    chunk = math.max(1, math.min(64, left))
   end
-  if #entries < want then
-    return page
-  end
-  -- Size the next chunk from what was seen (at most 64 entries, so an odd large event
-  -- after many small ones costs a bounded read).
-  local left = math.floor((max_bytes - bytes) * frames / bytes) + 1
-  chunk = math.max(1, math.min(64, left))
+  page[3] = 1
+  return page, bytes
 end
-page[3] = 1
-return page
+
+local pages = {}
+for i = 1, #KEYS / 2 do
+  if i > 1 and call_bytes > call_budget then
+    pages[i] = false
+  else
+    local page, bytes = read_page(KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1],
+      tonumber(ARGV[2 * i + 2]))
+    pages[i] = page
+    call_bytes = call_bytes + bytes
+  end
+end
+return pages

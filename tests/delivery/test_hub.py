@@ -245,3 +245,29 @@ async def test_a_malformed_live_frame_is_counted_and_its_job_caught_up(
     await client.read(4)
     assert (client.seqs("bad"), client.seqs("good")) == ([1, 2], [1, 2])
     assert hub._stats.malformed_frames == 1
+
+
+async def test_one_call_reads_no_more_than_its_byte_budget(migrated: redis.Redis) -> None:
+    hub = Hub(EventReader(migrated, KEYS), GatewayStats(), MemorySource(), page_size=500)
+    jobs = [await Job(migrated, hub, f"big{i}", 200_000).create() for i in range(6)]
+    for job in jobs:
+        await job.emit(20, publish=False)  # 4 MB each
+    reader = EventReader(migrated, KEYS)
+    requests = [PageRequest(job.name, 0, 4 << 20) for job in jobs]
+    pages = await reader.pages(requests, 500)
+    read = [page for page in pages if not page.unread]
+    # Pages are read until the call has read its budget (8 MiB), then the rest wait.
+    assert [page.unread for page in pages] == [False, False, False, True, True, True]
+    assert all(len(page.frames) == 20 for page in read)
+    later = await reader.pages([r for r, p in zip(requests, pages, strict=True) if p.unread], 500)
+    assert [len(page.frames) for page in later] == [20, 20, 20]
+    # The hub takes them all through, whatever the budget.
+    watcher = Watcher(hub, Client(window=1000), limit_bytes=8 << 20)
+    await hub.start()
+    try:
+        for job in jobs:
+            hub.watch(job.name, watcher, 0)
+        await watcher.client.read(120)
+        assert all(watcher.client.seqs(job.name) == list(range(1, 21)) for job in jobs)
+    finally:
+        await hub.stop()
