@@ -10,8 +10,9 @@ processes, and this process as the load generator (service/bench/wsload.py).
 - latency: --latency-sockets 1000 sockets, one job each, one event per job per second
   (1,000 events/s) for --latency-seconds 10; emit-to-receipt latency percentiles.
 - roundrobin: --rr-sockets 1000 sockets, one job each; this process writes one event of every
-  job per round (the emit script, pipelined), job after job, --rr-rounds times, at most
-  --rr-window rounds ahead of the clients: delivered events/s when no job has many watchers.
+  job per round (stream entry, meta seq and notification, as raw pipelined commands), job
+  after job, --rr-rounds times, at most --rr-window rounds ahead of the clients: delivered
+  events/s when no job has more than one watcher.
 - idle: --idle-sockets 10000 sockets, one silent job each, for --idle-seconds 30: gateway RSS,
   CPU, Redis commands (INFO commandstats) and Redis connections.
 - catchup: with the idle sockets open, one event per watched job is written to the streams
@@ -26,12 +27,15 @@ import asyncio
 import resource
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.bench.harness import (
     Stack,
+    caught_up,
     close_all,
     command_calls,
     connections_named,
+    gateway_figures,
     percentile_ms,
     private_redis,
     proc_stats,
@@ -43,8 +47,9 @@ from service.bench.harness import (
     write_first_events,
 )
 from service.bench.wsload import Received, open_sockets
+from service.codec import event_frame
 from service.keys import Keys
-from service.scripts import EMIT
+from service.model import EventKind
 
 KEYS = Keys()
 
@@ -98,32 +103,75 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def resp(*parts: bytes) -> bytes:
+    """One Redis command in the wire protocol."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+class RawWriter:
+    """Writes rounds of events the way the emit script leaves them (stream entry, meta seq,
+    notification), as raw pipelined commands: a client library would spend more per event
+    than the gateway does and measure the writer instead."""
+
+    LINES_PER_EVENT = 4  # XADD: a bulk string (2 lines); HSET, PUBLISH: an integer each
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._lines = 0
+
+    @classmethod
+    async def connect(cls, url: str) -> RawWriter:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        return cls(reader, writer)
+
+    async def write_round(self, jobs: list[str], seq: int) -> None:
+        commands = []
+        for job in jobs:
+            frame = event_frame(seq, job, EventKind.DATA, time.time_ns() // 1_000_000, b"{}")
+            commands.append(resp(b"XADD", KEYS.events(job).encode(), b"%d-0" % seq, b"f", frame))
+            commands.append(resp(b"HSET", KEYS.meta(job).encode(), b"seq", b"%d" % seq))
+            commands.append(resp(b"PUBLISH", KEYS.channel(job).encode(), frame))
+        self._writer.write(b"".join(commands))
+        expected = self._lines + len(jobs) * self.LINES_PER_EVENT
+        while self._lines < expected:
+            chunk = await self._reader.read(1 << 16)
+            if not chunk:
+                raise ConnectionError("Redis closed the benchmark's connection")
+            if b"\r\n-" in chunk or chunk.startswith(b"-"):
+                raise RuntimeError(f"Redis refused a write: {chunk[:200]!r}")
+            self._lines += chunk.count(b"\r\n")
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 async def round_robin(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    """One socket per job; each round writes one event of every job (emit script, pipelined),
-    in turn, at most --rr-window rounds ahead of what the clients have received."""
+    """One socket per job; each round writes one event of every job, job after job,
+    --rr-rounds times, at most --rr-window rounds ahead of what the clients have received."""
     count = args.rr_sockets
     jobs = await stack.submit_many("echo", {}, count)  # no worker: this process writes
     sink = Received()
     sockets = await open_sockets(stack.base, count, sink, keep_seqs=True)
     watch_all(sockets, jobs)
     await until(lambda: sink.frames >= count, 120)
-    await asyncio.sleep(1.0)  # the watches' initial catch-ups finish
-    await stack.client.script_load(EMIT.source)
+    await caught_up(stack.base)  # the watches' initial catch-ups are done
+    writer = await RawWriter.connect(stack.redis_url)
 
     async def received(events: int) -> None:
         await until(lambda: sink.events >= events, 120, step_s=0.0005)
 
+    names = [job for job, _ in jobs]
     started = time.perf_counter()
     for seq in range(1, args.rr_rounds + 1):
-        pipe = stack.client.pipeline(transaction=False)
-        for job, _ in jobs:
-            keys = [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)]
-            event = [job, 86_400_000, 10**6, seq, "data", 0, '{"i":1}']
-            pipe.execute_command(*EMIT.evalsha_args(keys, event))
-        await pipe.execute()
+        await writer.write_round(names, seq)
         await received((seq - args.rr_window) * count)
     await received(args.rr_rounds * count)
     seconds = time.perf_counter() - started
+    writer.close()
     exact = in_order(sockets, list(range(1, args.rr_rounds + 1)))
     await close_all(sockets)
     return {
@@ -146,7 +194,7 @@ async def idle_and_catch_up(
     sockets = await open_sockets(stack.base, count, watched, keep_seqs=True)
     watch_all(sockets, jobs)
     await until(lambda: watched.frames >= count, 120)  # every `watching` frame
-    await asyncio.sleep(1.0)  # the watches' initial catch-ups finish
+    await caught_up(stack.base)  # the watches' initial catch-ups are done
     result: dict[str, Any] = {}
     if "idle" in phases:
         calls_0 = await command_calls(stack.client)
@@ -171,12 +219,21 @@ async def idle_and_catch_up(
             stack.client, [job for job, _ in jobs], '{"missed":true}', publish=False
         )
         before = watched.events
+        calls_before = await command_calls(stack.client)
+        sent_before = (await gateway_figures(stack.base))["resultcast_redis_commands_total"]
         started = time.perf_counter()
         await stack.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
         await until(lambda: watched.events - before >= count, 60, step_s=0.001)
+        seconds = time.perf_counter() - started
+        sent = (await gateway_figures(stack.base))["resultcast_redis_commands_total"] - sent_before
+        # Commands Redis executed, less the INFO that measures and the CLIENT KILL itself:
+        # the gateway's, and those its read script runs inside Redis (HMGET + XRANGE a job).
+        calls = await command_calls(stack.client) - calls_before - 2
         result["catchup"] = {
             "watched_jobs": count,
-            "kill_to_all_delivered_s": time.perf_counter() - started,
+            "kill_to_all_delivered_s": seconds,
+            "gateway_commands_sent_per_job": round(sent / count, 4),
+            "redis_commands_executed_per_job": round(calls / count, 4),
             "exact": in_order(sockets, [1]) and watched.events - before == count,
         }
     await close_all(sockets)

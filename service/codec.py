@@ -6,7 +6,7 @@ bytes are stored in the job's stream, published as the notification and sent to 
 
     {"seq":3,"job":"J","id":"3-0","type":"event","event":"data","ts":1732550000000,"data":{...}}
 
-`frame_head` reads what the gateway needs (seq, kind, ts) from the fixed head of such a frame
+`frame_head` reads what the gateway needs (seq and kind) from the fixed head of such a frame
 without parsing its data; a frame whose head is not in that shape (another key order, a
 hand-made frame) is parsed whole, so the answer never depends on key order.
 """
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -24,8 +23,9 @@ from service.model import ErrorCode, EventKind
 
 _HEAD = re.compile(
     rb'\{"seq":(\d{1,19}),"job":"[A-Za-z0-9_-]{1,64}","id":"\d{1,19}-0",'
-    rb'"type":"event","event":"(data|done|failed)","ts":(\d{1,19}),'
+    rb'"type":"event","event":"(data|done|failed)","ts":'
 )
+_TS = re.compile(rb',"ts":(\d{1,19}),')
 _KINDS = {kind.value.encode(): kind for kind in EventKind}
 EVENT_PREFIX = b'{"seq":'
 
@@ -34,11 +34,11 @@ class FrameError(ValueError):
     """Bytes that are not an event frame."""
 
 
-@dataclass(frozen=True, slots=True)
-class FrameHead:
+class FrameHead(NamedTuple):
+    """What the hub needs of a frame (a tuple: it is made for every frame delivered)."""
+
     seq: int
     kind: EventKind
-    ts: int
 
     @property
     def terminal(self) -> bool:
@@ -63,10 +63,24 @@ def event_frame(seq: int, job: str, kind: EventKind, ts_ms: int, data_json: byte
 
 
 def frame_head(frame: bytes) -> FrameHead:
-    """Seq, kind and timestamp of an event frame; FrameError for anything else."""
+    """Seq and kind of an event frame; FrameError for anything else."""
     match = _HEAD.match(frame)
     if match is not None:
-        return FrameHead(int(match[1]), _KINDS[match[2]], int(match[3]))
+        return FrameHead(int(match[1]), _KINDS[match[2]])
+    value = _parse_event(frame)
+    return FrameHead(value["seq"], EventKind(value["event"]))
+
+
+def frame_ts(frame: bytes) -> int:
+    """The event's timestamp (ms), for latency figures; FrameError for anything else."""
+    match = _TS.search(frame, 0, 240)
+    if match is not None and frame.startswith(EVENT_PREFIX):
+        return int(match[1])
+    return int(_parse_event(frame)["ts"])
+
+
+def _parse_event(frame: bytes) -> dict[str, Any]:
+    """The whole frame, checked: for frames whose head is not in the builder's shape."""
     try:
         value = orjson.loads(frame)
     except orjson.JSONDecodeError as e:
@@ -78,7 +92,7 @@ def frame_head(frame: bytes) -> FrameHead:
         raise FrameError(f"event frame with a malformed seq: {frame[:40]!r}")
     if kind not in ("data", "done", "failed") or not isinstance(ts, int):
         raise FrameError(f"event frame with a malformed event or ts: {frame[:60]!r}")
-    return FrameHead(seq, EventKind(kind), ts)
+    return value
 
 
 def seq_of_frame(frame: bytes) -> int:

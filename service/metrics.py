@@ -54,6 +54,7 @@ class GatewayCollector(Collector):
     watch_count: Callable[[], int]
     ready: Callable[[], bool]
     paused_count: Callable[[], int]
+    catch_up_backlog: Callable[[], int]
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s, mode = self.stats, [self.mode]
@@ -75,6 +76,11 @@ class GatewayCollector(Collector):
             "resultcast_watches_paused",
             "Watches whose client is behind: served from the stream once it drains",
             self.paused_count(),
+        )
+        yield gauge(
+            "resultcast_catch_up_backlog",
+            "Watched jobs waiting for, or in, a catch-up read from their stream",
+            self.catch_up_backlog(),
         )
         yield gauge(
             "resultcast_delivery_ready",
@@ -105,6 +111,11 @@ class GatewayCollector(Collector):
             s.flow_control_pauses,
         )
         yield counter("resultcast_bad_frames", "Client frames refused", s.bad_frames)
+        yield counter(
+            "resultcast_delivery_errors",
+            "Unexpected errors handing a live frame to the hub (that job was caught up)",
+            s.delivery_errors,
+        )
         yield counter(
             "resultcast_malformed_frames",
             "Event frames from Redis that could not be read (their job was caught up)",

@@ -79,6 +79,34 @@ async def until(
         await asyncio.sleep(step_s)
 
 
+async def gateway_figures(base: str) -> dict[str, float]:
+    """The gateway's own figures from `/metrics` (summed over labels), by metric name."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for attempt in range(5):
+            try:
+                text = (await http.get("/metrics")).text
+                break
+            except httpx.TransportError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            figures[name] = figures.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return figures
+
+
+async def caught_up(base: str, timeout_s: float = 120.0) -> None:
+    """Until the gateway has no catch-up left to do (its `resultcast_catch_up_backlog`)."""
+    deadline = time.monotonic() + timeout_s
+    while (backlog := (await gateway_figures(base))["resultcast_catch_up_backlog"]) > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway still had {backlog:.0f} job(s) to catch up")
+        await asyncio.sleep(0.05)
+
+
 async def sleep_with_progress(seconds: float, progress: Progress) -> None:
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:

@@ -91,6 +91,10 @@ class Delivery(Protocol):
     def paused_count(self) -> int:
         """Watches waiting for their client to drain (flow control)."""
 
+    @property
+    def catch_up_backlog(self) -> int:
+        """Jobs waiting for, or in, a catch-up read."""
+
 
 class LiveSink(Protocol):
     """What a live source reports to (the hub). Every method returns at once."""

@@ -48,7 +48,7 @@ from service.streams import Page, PageReader, PageRequest
 
 log = logging.getLogger(__name__)
 
-READS_PER_ROUND_TRIP = 200
+READS_PER_ROUND_TRIP = 500
 GONE_EXPIRED = "the job's results have expired (or the job never existed)"
 GONE_REWOUND = (
     "the position asked for is past the job's last stored event "
@@ -147,6 +147,11 @@ class Hub:
     def paused_count(self) -> int:
         """Watches waiting for their client to drain."""
         return sum(len(jobs) for jobs in self._paused.values())
+
+    @property
+    def catch_up_backlog(self) -> int:
+        """Jobs waiting for, or in, a catch-up read."""
+        return sum(1 for feed in self.feeds.values() if feed.catch_up is not CatchUp.IDLE)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

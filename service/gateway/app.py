@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 watch_count=lambda: delivery.watch_count,
                 ready=delivery.ready,
                 paused_count=lambda: delivery.paused_count,
+                catch_up_backlog=lambda: delivery.catch_up_backlog,
             )
             state["gateway"] = Gateway(
                 settings,

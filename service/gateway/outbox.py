@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from service.codec import EVENT_PREFIX, FrameError, frame_head
+from service.codec import EVENT_PREFIX, FrameError, frame_ts
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class Outbox:
                         EVENT_PREFIX
                     ):
                         with contextlib.suppress(FrameError):
-                            latency.observe_ms(time.time() * 1000 - frame_head(item).ts)
+                            latency.observe_ms(time.time() * 1000 - frame_ts(item))
                     if self._owed and self._backlog <= self._resume_at:
                         self._owed = False
                         self._on_drained()
