@@ -184,7 +184,7 @@ class Hub:
         for feed in self.feeds.values():
             feed.catch_up = CatchUp.IDLE
         self._pending.clear()
-        self.catch_up_all("restart")
+        self.missed(None, "restart")
 
     # -- watches -------------------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class Hub:
             feed.unverified = True
         self._stats.failovers += 1
         log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
-        self.catch_up_all("failover")
+        self.missed(None, "failover")
 
     def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, head: FrameHead) -> bool:
         """Apply the delivery rule to `watches`; True if some watch is missing frames."""
@@ -317,10 +317,6 @@ class Hub:
         if cause is not None:
             self._stats.catch_ups[cause] += 1
         self._wake.set()
-
-    def catch_up_all(self, cause: str) -> None:
-        for job in self.feeds:
-            self.request_catch_up(job, cause)
 
     def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
         """A live source may have lost frames of `jobs` (None: of every job)."""
