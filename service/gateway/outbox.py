@@ -1,15 +1,16 @@
 """What waits to be sent to one client, and the flow control that keeps it bounded.
 
 Everything for the client (event frames, replies, errors, finally the close frame) goes
-through one queue that one writer task drains; nothing else sends on the connection. The
-writer exists only while there is something to send, so an idle client costs no task.
+through one queue, in order; nothing else sends on the connection. A send runs in the step
+that queued it, as long as the socket takes it at once (nearly always); only a send that must
+wait gets a task, which then sends what queued up behind it. An idle client costs no task.
 
 Flow control lives here and nowhere else. Event frames are *offered*: past `limit_bytes`
 waiting, an offer is refused, and the hub then serves that watch from the job's stream
 later, at the client's pace. Once a refusal (or a "no room" answer) was given, the outbox owes
 its owner a `drained` call, made when the queue falls to half the limit; the hub resumes
 every watch it paused for this client then. Because the debt is recorded in the same step
-that refuses, and paid by the only task that shrinks the queue, no wake-up can be lost.
+that refuses, and paid by the only code that shrinks the queue, no wake-up can be lost.
 
 A client that accepts nothing for `stall_timeout_s` while frames wait is `stalled`: its owner
 closes it (1013). A client that reads slowly but steadily is never closed.
@@ -22,9 +23,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
+from service.aio import Continue, run_eagerly
 from service.codec import EVENT_PREFIX, FrameError, frame_ts
 from service.stats import GatewayStats
 
@@ -41,8 +44,8 @@ class Close:
     reason: str
 
 
-SendFrame = Callable[[bytes], Awaitable[None]]
-SendClose = Callable[[int, str], Awaitable[None]]
+SendFrame = Callable[[bytes], Coroutine[Any, Any, None]]
+SendClose = Callable[[int, str], Coroutine[Any, Any, None]]
 
 
 class Outbox:
@@ -52,7 +55,6 @@ class Outbox:
     __slots__ = (
         "_backlog",
         "_closing",
-        "_idle",
         "_limit",
         "_loop",
         "_on_drained",
@@ -63,6 +65,7 @@ class Outbox:
         "_resume_at",
         "_send_close",
         "_send_frame",
+        "_sending",
         "_stall_s",
         "_stall_timer",
         "_stats",
@@ -94,8 +97,8 @@ class Outbox:
         self._backlog = 0
         self._owed = False  # a refusal was given: call `on_drained` once the queue is low
         self._closing = False
-        self._writer: asyncio.Task[None] | None = None
-        self._idle: asyncio.Future[bool] | None = None  # the writer waits here for more
+        self._writer: asyncio.Task[None] | None = None  # only while a send has to wait
+        self._sending = False  # sends are under way in this very step
         self._stall_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._progress_at = self.last_sent_at = self._loop.time()
@@ -166,12 +169,9 @@ class Outbox:
         return self._backlog
 
     async def finish(self, deadline: float) -> None:
-        """Let the writer send what it can until `deadline` (loop time), then stop it."""
+        """Let a waiting send go on until `deadline` (loop time), then stop it."""
         writer = self._writer
-        if writer is not None and writer.done() and not writer.cancelled():
-            if writer.exception() is not None:
-                log.error("writer failed", exc_info=writer.exception())
-        elif writer is not None:
+        if writer is not None:
             if self._closing:
                 await asyncio.wait({writer}, timeout=max(0.0, deadline - self._loop.time()))
             writer.cancel()
@@ -185,76 +185,94 @@ class Outbox:
             self._stall_timer.cancel()
             self._stall_timer = None
 
-    # -- the writer ----------------------------------------------------------------------------
+    # -- sending ------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        idle = self._idle
-        if idle is not None:
-            if not idle.done():
-                idle.set_result(True)  # the writer is waiting for more: here it is
-        elif self._writer is None or self._writer.done():
-            self._progress_at = self._loop.time()
-            self._writer = self._loop.create_task(self._write_queued())
-            if self._stall_timer is None:
-                self._stall_timer = self._loop.call_at(
-                    self._progress_at + self._stall_s, self._check_stall
-                )
+        """Send what is queued now, unless a send is under way (its task sends the rest)."""
+        if self._writer is None and not self._sending:
+            self._send_now()
+
+    def _send_now(self) -> None:
+        """Send queued items in the caller's step, as long as each send completes at once.
+
+        Almost every send does (the socket has room), and a task per frame would cost more
+        than the frame; the first send that must wait goes on in a task, which sends the
+        rest in order.
+        """
+        queue = self._queue
+        self._sending = True
+        try:
+            while queue and self._writer is None:
+                item = queue.popleft()
+                try:
+                    pending = run_eagerly(self._start_send(item))
+                except Exception as e:
+                    self._failed(e)
+                    return
+                if pending is not None:
+                    self._writer = self._loop.create_task(self._write_rest(pending, item))
+                    self._progress_at = self._loop.time()  # the wait starts now
+                    if self._stall_timer is None:
+                        self._stall_timer = self._loop.call_at(
+                            self._progress_at + self._stall_s, self._check_stall
+                        )
+                    return
+                self._sent(item)
+        finally:
+            self._sending = False
+
+    def _start_send(self, item: bytes | Close) -> Coroutine[Any, Any, None]:
+        if isinstance(item, Close):
+            self._stats.closes[item.code] += 1
+            return self._send_close(item.code, item.reason)
+        self._backlog -= len(item)
+        return self._send_frame(item)
+
+    def _sent(self, item: bytes | Close) -> None:
+        if isinstance(item, Close):
+            return
+        stats = self._stats
+        self._progress_at = self.last_sent_at = self._loop.time()
+        stats.frames_sent += 1
+        if not stats.frames_sent % LATENCY_SAMPLE_EVERY and item.startswith(EVENT_PREFIX):
+            with contextlib.suppress(FrameError):
+                stats.latency.observe_ms(time.time() * 1000 - frame_ts(item))
+        if self._owed and self._backlog <= self._resume_at:
+            self._owed = False
+            self._on_drained()
+
+    async def _write_rest(self, pending: Continue[None], item: bytes | Close) -> None:
+        """Finish a send that had to wait, then send what queued up behind it."""
+        queue = self._queue
+        try:
+            await pending
+            self._sent(item)
+            while queue:
+                item = queue.popleft()
+                await self._start_send(item)
+                self._sent(item)
+        except Exception as e:
+            self._failed(e)
+        finally:
+            self._writer = None
+
+    def _failed(self, error: Exception) -> None:
+        """A send failed: the client is gone (uvicorn's ClientDisconnected is an OSError)."""
+        if isinstance(error, OSError):
+            log.debug("send failed: %s", error)
+        else:
+            log.error("sending to a client failed; dropping the connection's queue", exc_info=error)
+        self._closing = True
+        self._owed = False
+        self.drop_queued()
 
     def _check_stall(self) -> None:
-        """Runs every `stall_timeout_s` while the writer lives; idle clients cost no timer.
-
-        A writer with nothing to send for that long ends (the next frame starts a new one); a
-        writer whose send made no progress for that long means a stalled client.
-        """
+        """Runs every `stall_timeout_s` while a send waits; idle clients cost no timer."""
         self._stall_timer = None
-        if self._writer is None or self._writer.done() or self._closing:
+        if self._writer is None or self._closing:
             return
-        now, due = self._loop.time(), self._progress_at + self._stall_s
-        if now >= due:
-            if self._idle is None:
-                self._on_stalled()
-            elif not self._idle.done():
-                self._idle.set_result(False)
+        due = self._progress_at + self._stall_s
+        if self._loop.time() >= due:
+            self._on_stalled()
             return
         self._stall_timer = self._loop.call_at(due, self._check_stall)
-
-    async def _write_queued(self) -> None:
-        """Send what is queued, waiting for more while traffic goes on; the only code that
-        sends on this connection.
-
-        The writer outlives an empty queue (until `_check_stall` ends it), so a client that
-        receives a frame now and then does not cost a new task per frame.
-        """
-        queue, send, stats, loop = self._queue, self._send_frame, self._stats, self._loop
-        latency = stats.latency
-        try:
-            while True:
-                while queue:
-                    item = queue.popleft()
-                    if isinstance(item, Close):
-                        stats.closes[item.code] += 1
-                        await self._send_close(item.code, item.reason)
-                        return
-                    self._backlog -= len(item)
-                    await send(item)
-                    self._progress_at = self.last_sent_at = loop.time()
-                    stats.frames_sent += 1
-                    if not stats.frames_sent % LATENCY_SAMPLE_EVERY and item.startswith(
-                        EVENT_PREFIX
-                    ):
-                        with contextlib.suppress(FrameError):
-                            latency.observe_ms(time.time() * 1000 - frame_ts(item))
-                    if self._owed and self._backlog <= self._resume_at:
-                        self._owed = False
-                        self._on_drained()
-                if self._closing:
-                    return
-                self._idle = loop.create_future()
-                try:
-                    more = await self._idle
-                finally:
-                    self._idle = None
-                if not more and not queue:
-                    return
-        except OSError as e:  # the client vanished mid-send (uvicorn's ClientDisconnected)
-            log.debug("send failed: %s", e)
