@@ -64,6 +64,8 @@ class PatternSubscriber:
         self._probe_sent_at: float | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connected_this_round = False
+        self._subscribed_at = 0.0
+        self._loop = asyncio.get_running_loop()
 
     async def supervise(self) -> None:
         failures = 0
@@ -80,6 +82,11 @@ class PatternSubscriber:
             except Exception as e:
                 log.warning("subscriber connection lost: %s: %s", type(e).__name__, e)
             self.connected = False
+            if self._connected_this_round and self._loop.time() - self._subscribed_at > 1.0:
+                # A connection that worked was lost (a proxy's timeout, CLIENT KILL, a
+                # failover): its watchers are waiting, so try again at once.
+                failures = 0
+                continue
             failures = 1 if self._connected_this_round else failures + 1
             await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
 
@@ -98,9 +105,16 @@ class PatternSubscriber:
                 raise ConnectionError(f"expected a psubscribe confirmation, got {reply[0]!r}")
             self._last_message = loop.time()
             self._on_subscribed()
+            # From here on, read the connection itself: PubSub's per-message layers (health
+            # check, retry, reconnect-and-resubscribe) cost a fifth of a busy gateway's CPU,
+            # and a lost connection is ours to handle (the supervisor reconnects and catches up).
+            connection = pubsub.connection
+            if connection is None:
+                raise ConnectionError("the subscriber connection went away")
+            read = connection.read_response
             handled = 0
             while True:
-                reply = await pubsub.parse_response(block=True)
+                reply = await read(disconnect_on_error=False)
                 handled += 1
                 if handled % YIELD_EVERY == 0:
                     # Replies already buffered are parsed without awaiting I/O: let the
@@ -135,6 +149,7 @@ class PatternSubscriber:
     def _on_subscribed(self) -> None:
         """Anything published before this moment may have been missed: catch up every job."""
         self.connected = self._connected_this_round = True
+        self._subscribed_at = self._loop.time()
         self._probe_sent_at = None
         if self._subscribed_once:
             self._stats.subscriber_reconnects += 1
