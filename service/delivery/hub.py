@@ -15,7 +15,8 @@ watches, one page bounded in events and in bytes (never more than the roomiest o
 watchers can take, and no watcher is promised more than its room across one round trip), so
 a slow watcher never holds back a fast one and a replay of any event size fits.
 
-Catch-up is done by one task, many reads per pipelined round trip. Each job's record says
+Catch-up is done by one task, many reads per round trip and two round trips under way at once
+(Redis serves one while the gateway hands out the other). Each job's record says
 where its catch-up stands (idle, pending, reading, or reading and missed something since, to
 be read again right after), so nothing falls between a read and a notification.
 
@@ -49,6 +50,8 @@ from service.streams import Page, PageReader, PageRequest
 log = logging.getLogger(__name__)
 
 READS_PER_ROUND_TRIP = 500
+# Round trips under way at once: Redis serves the next while the gateway hands out the last.
+ROUND_TRIPS_IN_FLIGHT = 2
 GONE_EXPIRED = "the job's results have expired (or the job never existed)"
 GONE_REWOUND = (
     "the position asked for is past the job's last stored event "
@@ -141,6 +144,9 @@ class Hub:
         self._pending: deque[str] = deque()
         self._paused: dict[Watcher, set[str]] = {}  # jobs paused until the watcher drains
         self._wake = asyncio.Event()
+        # Bytes that round trips under way may still bring each watcher (its room, promised).
+        self._promised: dict[Watcher, int] = {}
+        self._failures = 0  # round trips failed in a row, for the back-off
         self.watch_count = 0
 
     @property
@@ -184,6 +190,7 @@ class Hub:
         for feed in self.feeds.values():
             feed.catch_up = CatchUp.IDLE
         self._pending.clear()
+        self._promised.clear()
         self.missed(None, "restart")
 
     # -- watches -------------------------------------------------------------------------------
@@ -325,34 +332,57 @@ class Hub:
 
     async def run(self) -> None:
         """The catch-up task: runs until cancelled."""
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                reads, feeds = self._next_batch()
-                if not reads:
-                    continue
-                try:
-                    await self._catch_up(reads, feeds)
-                    failures = 0
-                except ServiceError as e:
-                    failures += 1
-                    self.report([feed.job for feed in feeds], e)
-                    await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
-                except Exception as e:
-                    # Never let the catch-up task die: say so, back off, and go on.
-                    failures += 1
-                    log.exception("catch-up of %d job(s) failed unexpectedly", len(feeds))
-                    error = ServiceError(f"internal error: {type(e).__name__}")
-                    self.report([feed.job for feed in feeds], error)
-                    await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+        trips: set[asyncio.Task[None]] = set()
 
-    def _next_batch(self) -> tuple[list[Read], list[Feed]]:
-        """The reads of the next round trip, and the feeds they are for."""
+        def trip_done(task: asyncio.Task[None]) -> None:
+            trips.discard(task)
+            self._wake.set()  # a slot is free, and the watchers' promised room is back
+
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending and len(trips) < ROUND_TRIPS_IN_FLIGHT:
+                    reads, feeds, promised = self._next_batch()
+                    if not reads:
+                        break  # what is left waits for room promised to a trip under way
+                    trip = asyncio.create_task(self._round_trip(reads, feeds, promised))
+                    trips.add(trip)
+                    trip.add_done_callback(trip_done)
+        finally:
+            await stop_tasks(trips)
+
+    async def _round_trip(
+        self, reads: list[Read], feeds: list[Feed], promised: dict[Watcher, int]
+    ) -> None:
+        try:
+            await self._catch_up(reads, feeds)
+            self._failures = 0
+        except ServiceError as e:
+            self._failures += 1
+            self.report([feed.job for feed in feeds], e)
+            await asyncio.sleep(backoff_s(self._failures, base_s=0.1, cap_s=5.0))
+        except Exception as e:
+            # Never let catch-up die: say so, back off, and go on.
+            self._failures += 1
+            log.exception("catch-up of %d job(s) failed unexpectedly", len(feeds))
+            error = ServiceError(f"internal error: {type(e).__name__}")
+            self.report([feed.job for feed in feeds], error)
+            await asyncio.sleep(backoff_s(self._failures, base_s=0.1, cap_s=5.0))
+        finally:
+            for watcher, nbytes in promised.items():
+                left = self._promised.get(watcher, 0) - nbytes
+                if left > 0:
+                    self._promised[watcher] = left
+                else:
+                    self._promised.pop(watcher, None)
+
+    def _next_batch(self) -> tuple[list[Read], list[Feed], dict[Watcher, int]]:
+        """The reads of the next round trip, the feeds they are for, and the room it takes."""
         reads: list[Read] = []
         feeds: list[Feed] = []
         promised: dict[Watcher, int] = {}  # bytes this round trip may bring each watcher
+        already = self._promised  # and the round trips under way
         later: list[str] = []
         while self._pending and len(reads) < READS_PER_ROUND_TRIP:
             job = self._pending.popleft()
@@ -368,7 +398,7 @@ class Hub:
                 if room <= 0:
                     self._pause(job, watch)
                     continue
-                room -= promised.get(watch.watcher, 0)
+                room -= promised.get(watch.watcher, 0) + already.get(watch.watcher, 0)
                 if room <= 0:
                     waits = True
                     continue
@@ -391,7 +421,9 @@ class Hub:
             feeds.append(feed)
             feed.catch_up = CatchUp.DIRTY if waits else CatchUp.READING
         self._pending.extend(later)
-        return reads, feeds
+        for watcher, nbytes in promised.items():
+            already[watcher] = already.get(watcher, 0) + nbytes
+        return reads, feeds, promised
 
     async def _catch_up(self, reads: list[Read], feeds: list[Feed]) -> None:
         if self._server.generation != self._generation:
