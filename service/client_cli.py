@@ -20,7 +20,9 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     url_help = "the gateway's base URL (default: $RESULTCAST_URL, else http://127.0.0.1:8000)"
     watch = commands.add_parser("watch", help="print a job's events as JSON lines")
     watch.add_argument("job", help="the job id")
-    watch.add_argument("--token", required=True, help="the job's watch token")
+    watch.add_argument(
+        "--token", required=True, help="the job's watch token (--token=T: it may start with -)"
+    )
     watch.add_argument("--after", help="start after this event id (default: from the first)")
     watch.add_argument("--url", default=url, help=url_help)
 

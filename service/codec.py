@@ -9,6 +9,10 @@ bytes are stored in the job's stream, published as the notification and sent to 
 `frame_head` reads what the gateway needs (seq and kind) from the fixed head of such a frame
 without parsing its data; a frame whose head is not in that shape (another key order, a
 hand-made frame) is parsed whole, so the answer never depends on key order.
+
+A notification carries the whole frame only up to a size (`publisher.NOTIFY_MAX_BYTES`); a
+larger event is announced by its position alone, `{"type":"stored","seq":N}`, and gateways
+read it from the stream. `stored_notice` builds that, `stored_seq` reads it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _HEAD = re.compile(
 _TS = re.compile(rb',"ts":(\d{1,19}),')
 _KINDS = {kind.value.encode(): kind for kind in EventKind}
 EVENT_PREFIX = b'{"seq":'
+STORED_PREFIX = b'{"type":"stored","seq":'
 
 
 class FrameError(ValueError):
@@ -62,6 +67,10 @@ def event_frame(seq: int, job: str, kind: EventKind, ts_ms: int, data_json: byte
     return head.encode() + data_json + b"}"
 
 
+# The longest head (and closing brace) an event frame can have: for size checks before writing.
+FRAME_HEAD_MAX = len(event_frame(10**19 - 1, "x" * 64, EventKind.FAILED, 10**19 - 1, b""))
+
+
 def frame_head(frame: bytes) -> FrameHead:
     """Seq and kind of an event frame; FrameError for anything else."""
     match = _HEAD.match(frame)
@@ -93,6 +102,19 @@ def _parse_event(frame: bytes) -> dict[str, Any]:
     if kind not in ("data", "done", "failed") or not isinstance(ts, int):
         raise FrameError(f"event frame with a malformed event or ts: {frame[:60]!r}")
     return value
+
+
+def stored_notice(seq: int) -> bytes:
+    """The notification of an event too large to publish: its position only."""
+    return STORED_PREFIX + b"%d}" % seq
+
+
+def stored_seq(notice: bytes) -> int | None:
+    """The seq a stored-event notice announces; None for anything else."""
+    if not notice.startswith(STORED_PREFIX) or not notice.endswith(b"}"):
+        return None
+    digits = notice[len(STORED_PREFIX) : -1]
+    return int(digits) if digits.isdigit() and len(digits) < 20 else None
 
 
 def seq_of_frame(frame: bytes) -> int:
@@ -135,7 +157,9 @@ def http_error(code: ErrorCode, message: str) -> bytes:
     return encode({"error": {"code": code.value, "message": message}})
 
 
-def job_body(job: str, status: str, frames: Iterable[bytes]) -> bytes:
-    """The `GET /jobs/{job}` body, with the stored event frames spliced in as they are."""
+def job_body(job: str, status: str, frames: Iterable[bytes], *, more: bool = False) -> bytes:
+    """The `GET /jobs/{job}` body, with the stored event frames spliced in as they are;
+    `"more": true` when the page stopped at a limit (ask again with `after` = its last id)."""
     head = encode({"job": job, "status": status})[:-1]
-    return head + b',"events":[' + b",".join(frames) + b"]}"
+    tail = b'],"more":true}' if more else b"]}"
+    return head + b',"events":[' + b",".join(frames) + tail

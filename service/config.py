@@ -90,6 +90,9 @@ class Settings:
     catch_up_page_size: int = _env("CATCH_UP_PAGE_SIZE", _int)
     max_replay_events: int = _env("MAX_REPLAY_EVENTS", _int)
     shutdown_grace_s: float = _env("SHUTDOWN_GRACE_S", _float)
+    # A connection must complete its request's headers this soon after it opens (or after
+    # its previous response): silent and trickling connections cannot pile up.
+    request_header_timeout_s: float = _env("REQUEST_HEADER_TIMEOUT_S", _float)
 
     # Pub/Sub liveness probe: sent only after this long without any message.
     probe_after_s: float = _env("PROBE_AFTER_S", _float)
@@ -105,6 +108,10 @@ class Settings:
     job_visibility_s: float = _env("JOB_VISIBILITY_S", _float)
     job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", _int)
     max_events_per_job: int = _env("MAX_EVENTS_PER_JOB", _int)
+    # Bytes, not only counts: the largest event frame, and the most a job may store.
+    max_event_bytes: int = _env("MAX_EVENT_BYTES", _int)
+    max_job_bytes: int = _env("MAX_JOB_BYTES", _int)
+    job_timeout_s: float = _env("JOB_TIMEOUT_S", _float)
     maintenance_interval_s: float = _env("MAINTENANCE_INTERVAL_S", _float)
     maintenance_lease_s: float = _env("MAINTENANCE_LEASE_S", _float)
     worker_stop_grace_s: float = _env("WORKER_STOP_GRACE_S", _float)
@@ -152,6 +159,10 @@ class Settings:
             "job_visibility_s",
             "job_max_attempts",
             "max_events_per_job",
+            "max_event_bytes",
+            "max_job_bytes",
+            "job_timeout_s",
+            "request_header_timeout_s",
             "redis_socket_timeout_s",
             "redis_connect_timeout_s",
             "redis_max_connections",
@@ -167,6 +178,11 @@ class Settings:
             raise ConfigError(
                 "SOCKET_SEND_BUFFER_BYTES: expected 0 (the kernel's default) or a positive "
                 f"number, got {self.socket_send_buffer_bytes}"
+            )
+        if self.max_job_bytes < self.max_event_bytes:
+            raise ConfigError(
+                f"MAX_JOB_BYTES ({self.max_job_bytes}) must be at least MAX_EVENT_BYTES "
+                f"({self.max_event_bytes})"
             )
         if not self.key_prefix or any(c in self.key_prefix for c in "{}*?[] "):
             raise ConfigError(
@@ -221,6 +237,7 @@ DEFAULTS: dict[str, Any] = {
     "catch_up_page_size": 500,
     "max_replay_events": 100_000,
     "shutdown_grace_s": 5.0,
+    "request_header_timeout_s": 10.0,
     "probe_after_s": 60.0,
     "probe_timeout_s": 5.0,
     "xread_block_ms": 15_000,
@@ -230,6 +247,9 @@ DEFAULTS: dict[str, Any] = {
     "job_visibility_s": 30.0,
     "job_max_attempts": 3,
     "max_events_per_job": 1_000_000,
+    "max_event_bytes": 1 * MiB,
+    "max_job_bytes": 64 * MiB,
+    "job_timeout_s": 600.0,
     "maintenance_interval_s": 60.0,
     "maintenance_lease_s": 15.0,
     "worker_stop_grace_s": 10.0,

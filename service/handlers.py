@@ -4,7 +4,8 @@ A handler is `async def handler(job: Job) -> Any`: it calls `await job.emit(data
 `data` event and returns the data of its `done` event; raising `JobFailed(message)` ends the job
 with a `failed` event carrying that message. A job may run more than once (its worker died); a
 handler that can resume should skip what `job.resumed_after` says is already written, as
-`count` does.
+`count` does. A job runs for at most `JOB_TIMEOUT_S`; `@time_limit(seconds)` gives a handler
+less.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
+
+from service.codec import FRAME_HEAD_MAX
 
 MAX_COUNT_INTERVAL_MS = 60_000
 MAX_COUNT_PAD = 1024 * 1024
@@ -49,6 +54,24 @@ Handler = Callable[[Job], Awaitable[Any]]
 Validator = Callable[[dict[str, Any]], str | None]
 
 
+def time_limit(seconds: float) -> Callable[[Handler], Handler]:
+    """Give a handler a shorter time limit than JOB_TIMEOUT_S (a longer one is not granted)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.timeout_s = seconds  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def time_limit_s(handler: Handler, job_timeout_s: float) -> float:
+    """How long a job of this handler may run: JOB_TIMEOUT_S, or less if the handler asks."""
+    asked = getattr(handler, "timeout_s", None)
+    if isinstance(asked, int | float) and 0 < asked < job_timeout_s:
+        return float(asked)
+    return job_timeout_s
+
+
 def _int_field(
     payload: dict[str, Any], name: str, low: int, high: int, default: int | None
 ) -> str | None:
@@ -62,12 +85,44 @@ def _int_field(
     return None
 
 
-def validate_count(payload: dict[str, Any], max_events: int = 1_000_000) -> str | None:
-    return (
-        _int_field(payload, "n", 0, max_events - 1, None)
+@dataclass(frozen=True)
+class Limits:
+    """What a job may write: the worker enforces these; intake refuses payloads past them."""
+
+    max_events: int = 1_000_000
+    max_event_bytes: int = 1024 * 1024
+    max_job_bytes: int = 64 * 1024 * 1024
+
+
+def validate_count(payload: dict[str, Any], limits: Limits = Limits()) -> str | None:
+    problem = (
+        _int_field(payload, "n", 0, limits.max_events - 1, None)
         or _int_field(payload, "interval_ms", 0, MAX_COUNT_INTERVAL_MS, 0)
         or _int_field(payload, "size", 0, MAX_COUNT_PAD, 0)
     )
+    if problem:
+        return problem
+    n, size = payload["n"], payload.get("size", 0)
+    event = FRAME_HEAD_MAX + len(b'{"i":,"pad":""}') + len(str(n)) + size
+    if event > limits.max_event_bytes:
+        return (
+            f"payload.size: each event would be about {event} bytes, over MAX_EVENT_BYTES "
+            f"({limits.max_event_bytes})"
+        )
+    if n * event > limits.max_job_bytes:
+        return (
+            f"payload: n x size would store about {n * event} bytes, over MAX_JOB_BYTES "
+            f"({limits.max_job_bytes})"
+        )
+    return None
+
+
+def event_fits(data: Any, limits: Limits) -> str | None:
+    """A problem if `data` as one event's data would be over MAX_EVENT_BYTES."""
+    size = FRAME_HEAD_MAX + len(orjson.dumps(data))
+    if size > limits.max_event_bytes:
+        return f"its event would be {size} bytes, over MAX_EVENT_BYTES ({limits.max_event_bytes})"
+    return None
 
 
 def validate_sleep(payload: dict[str, Any]) -> str | None:
@@ -82,6 +137,24 @@ def validate_sleep(payload: dict[str, Any]) -> str | None:
 def validate_fail(payload: dict[str, Any]) -> str | None:
     if not isinstance(payload.get("message"), str):
         return "payload.message must be a string"
+    return None
+
+
+def validate_builtin(kind: str, payload: dict[str, Any], limits: Limits) -> str | None:
+    """A problem with a built-in job's payload, limits included; None for other kinds."""
+    if kind == "count":
+        return validate_count(payload, limits)
+    if kind == "echo":  # its done event carries the payload
+        problem = event_fits(payload, limits)
+        return f"payload: {problem}" if problem else None
+    if kind == "fail":
+        problem = validate_fail(payload)
+        if problem:
+            return problem
+        problem = event_fits({"message": payload["message"]}, limits)
+        return f"payload.message: {problem}" if problem else None
+    if kind == "sleep":
+        return validate_sleep(payload)
     return None
 
 
@@ -114,11 +187,6 @@ async def fail(job: Job) -> Any:
 
 
 BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo, "count": count, "sleep": sleep, "fail": fail}
-BUILTIN_VALIDATORS: dict[str, Validator] = {
-    "count": validate_count,
-    "sleep": validate_sleep,
-    "fail": validate_fail,
-}
 
 
 def load_handlers(spec: str | None) -> dict[str, Handler]:

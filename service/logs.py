@@ -6,7 +6,10 @@ import logging
 import re
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
-_TOKEN_PARAM = re.compile(r"(token=)[^&\s\"']+")
+# `token=` however its name is spelled in a query string: `%74oken=` means the same to the
+# server, so it must be masked the same way.
+_TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
+_TOKEN_PARAM = re.compile(rf"({_TOKEN_NAME}=)[^&\s\"']+", re.IGNORECASE)
 
 
 class RedactSecrets(logging.Filter):

@@ -133,6 +133,7 @@ class GatewayCollector(Collector):
             "failover",
             "drained",
             "restart",
+            "large",
         ):
             catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
         yield catch_ups

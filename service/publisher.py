@@ -35,10 +35,17 @@ from service.scripts import EMIT
 
 log = logging.getLogger(__name__)
 
-# Events per script call: keeps each atomic call short so Redis stays responsive.
+# Events per script call, and bytes: keeps each atomic call short so Redis stays responsive.
 EVENTS_PER_CALL = 256
-# Events per pipeline: bounds the memory of one round trip.
+BYTES_PER_CALL = 1024 * 1024
+# Events per pipeline, and bytes: bounds the memory of one round trip.
 EVENTS_PER_PIPELINE = 8192
+BYTES_PER_PIPELINE = 8 * 1024 * 1024
+# Frames larger than this are announced by position only; gateways read them from the stream.
+NOTIFY_MAX_BYTES = 64 * 1024
+# Data a process may queue for writing, beyond which handlers wait (back-pressure); at least
+# twice the largest event, so one large event never blocks behind another.
+MIN_QUEUED_BYTES = 8 * 1024 * 1024
 
 
 class EmitError(Exception):
@@ -53,17 +60,62 @@ class JobFinished(EmitError):
     """An event came after the job's terminal event."""
 
 
-class TooManyEvents(EmitError):
+class LimitReached(EmitError):
+    """The job reached one of its limits: it may still be failed with a terminal event."""
+
+
+class TooManyEvents(LimitReached):
     """The job reached the per-job event limit."""
 
 
-_OUTCOMES: dict[int, type[EmitError]] = {1: JobLost, 2: JobFinished, 4: TooManyEvents}
+class EventTooLarge(LimitReached):
+    """One event's frame is over MAX_EVENT_BYTES."""
+
+
+class JobTooLarge(LimitReached):
+    """The job's stored events would pass MAX_JOB_BYTES."""
+
+
+_OUTCOMES: dict[int, type[EmitError]] = {
+    1: JobLost,
+    2: JobFinished,
+    4: TooManyEvents,
+    5: EventTooLarge,
+    6: JobTooLarge,
+}
 _MESSAGES = {
     1: "the job is gone from Redis (expired, or Redis lost its data)",
     2: "the job already has its terminal event",
     3: "the job's seq moved under this writer (another worker wrote to it)",
     4: "the job reached its event limit",
+    5: "an event is larger than MAX_EVENT_BYTES",
+    6: "the job's events would pass MAX_JOB_BYTES",
 }
+
+
+@dataclass(frozen=True)
+class EmitLimits:
+    """What one job may write, as the emit script enforces it."""
+
+    max_events: int
+    max_event_bytes: int
+    max_job_bytes: int
+    notify_max_bytes: int = NOTIFY_MAX_BYTES
+
+    def argv(self, job: str, ttl_ms: int) -> list[Any]:
+        """The emit script's arguments before the events."""
+        return [
+            job,
+            ttl_ms,
+            self.max_events,
+            self.max_event_bytes,
+            self.max_job_bytes,
+            self.notify_max_bytes,
+        ]
+
+
+# A script call: its job's writer, its arguments, EVAL (not EVALSHA), the writer's generation.
+_Call = tuple["JobWriter", list[Any], bool, int]
 
 
 def now_ms() -> int:
@@ -77,6 +129,7 @@ class _Queued:
     kind: str
     ts: int
     data: bytes
+    generation: int  # the writer's, when queued: events queued before a limit are dropped
 
 
 @dataclass(eq=False)
@@ -88,15 +141,30 @@ class JobWriter:
     last_seq: int = 0
     durable_seq: int = 0
     error: EmitError | None = None
+    generation: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def reopen_after_limit(self) -> None:
+        """After a limit was reached, let the job's terminal event follow its last durable
+        one; whatever was queued after the refused event is dropped, not written."""
+        if isinstance(self.error, LimitReached):
+            self.error = None
+            self.last_seq = self.durable_seq
 
     async def emit(self, kind: EventKind, data: Any) -> int:
         """Queue one event and return its seq; waits only when the queue is full."""
         if self.error is not None:
             raise self.error
         payload = orjson.dumps(data)
+        limit = self.emitter.limits.max_event_bytes
+        if len(payload) > limit:
+            # Refused here, before it takes queue space; the script checks the whole frame.
+            raise EventTooLarge(
+                f"an event of {len(payload)} bytes is over MAX_EVENT_BYTES ({limit})"
+            )
         self.last_seq += 1
-        await self.emitter.enqueue(_Queued(self, self.last_seq, kind.value, now_ms(), payload))
+        item = _Queued(self, self.last_seq, kind.value, now_ms(), payload, self.generation)
+        await self.emitter.enqueue(item)
         return self.last_seq
 
     async def flushed(self) -> None:
@@ -114,6 +182,8 @@ class JobWriter:
     def _fail(self, error: EmitError) -> None:
         if self.error is None:
             self.error = error
+            if isinstance(error, LimitReached):
+                self.generation += 1
         self._changed.set()
 
 
@@ -126,15 +196,17 @@ class Emitter:
         keys: Keys,
         *,
         ttl_s: int,
-        max_events_per_job: int,
+        limits: EmitLimits,
         max_queued: int = 50_000,
     ) -> None:
         self._client = client
         self._keys = keys
-        self._ttl_ms = str(ttl_s * 1000)
-        self._max_events = str(max_events_per_job)
+        self._ttl_ms = ttl_s * 1000
+        self.limits = limits
         self._max_queued = max_queued
+        self._max_queued_bytes = max(MIN_QUEUED_BYTES, 2 * limits.max_event_bytes)
         self._queue: deque[_Queued] = deque()
+        self.queued_bytes = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -150,10 +222,14 @@ class Emitter:
         return JobWriter(job, self, last_seq=last_seq, durable_seq=last_seq)
 
     async def enqueue(self, item: _Queued) -> None:
-        while len(self._queue) >= self._max_queued:
+        """Queue an event; wait while the queue is full in events or in bytes."""
+        while self._queue and (
+            len(self._queue) >= self._max_queued or self.queued_bytes >= self._max_queued_bytes
+        ):
             self._room.clear()
             await self._room.wait()
         self._queue.append(item)
+        self.queued_bytes += len(item.data)
         self._idle.clear()
         self._wake.set()
 
@@ -171,12 +247,24 @@ class Emitter:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                size = min(len(self._queue), EVENTS_PER_PIPELINE)
-                batch = [self._queue.popleft() for _ in range(size)]
-                if len(self._queue) < self._max_queued:
-                    self._room.set()
+                batch = self._next_batch()
+                self._room.set()  # room in events now; in bytes once the batch is written
                 await self._write(batch)
+                self.queued_bytes -= sum(len(item.data) for item in batch)
+                self._room.set()  # enqueue checks again what room there is
             self._idle.set()
+
+    def _next_batch(self) -> list[_Queued]:
+        """The next pipeline's events: bounded in events and in bytes (at least one)."""
+        queue, size = self._queue, 0
+        batch: list[_Queued] = []
+        while (
+            queue and len(batch) < EVENTS_PER_PIPELINE and (not batch or size < BYTES_PER_PIPELINE)
+        ):
+            item = queue.popleft()
+            batch.append(item)
+            size += len(item.data)
+        return batch
 
     async def idle(self) -> None:
         """Wait until everything queued so far has been written (or given up on)."""
@@ -185,18 +273,26 @@ class Emitter:
     def _calls(self, batch: list[_Queued]) -> list[tuple[JobWriter, list[Any]]]:
         by_writer: dict[JobWriter, list[_Queued]] = {}
         for item in batch:
-            by_writer.setdefault(item.writer, []).append(item)
+            if item.generation == item.writer.generation:  # else queued before a limit
+                by_writer.setdefault(item.writer, []).append(item)
         calls: list[tuple[JobWriter, list[Any]]] = []
         for writer, items in by_writer.items():
-            for start in range(0, len(items), EVENTS_PER_CALL):
-                args: list[Any] = [writer.job, self._ttl_ms, self._max_events]
-                for item in items[start : start + EVENTS_PER_CALL]:
-                    args += (item.seq, item.kind, item.ts, item.data)
-                calls.append((writer, args))
+            head = self.limits.argv(writer.job, self._ttl_ms)
+            args: list[Any] = list(head)
+            size = 0
+            for item in items:
+                if len(args) > len(head) and (
+                    len(args) - len(head) >= 4 * EVENTS_PER_CALL or size >= BYTES_PER_CALL
+                ):
+                    calls.append((writer, args))
+                    args, size = list(head), 0
+                args += (item.seq, item.kind, item.ts, item.data)
+                size += len(item.data)
+            calls.append((writer, args))
         return calls
 
     async def _write(self, batch: list[_Queued]) -> None:
-        pending = [(writer, args, False) for writer, args in self._calls(batch)]
+        pending = [(writer, args, False, writer.generation) for writer, args in self._calls(batch)]
         attempt = 0
         while pending:
             try:
@@ -225,9 +321,9 @@ class Emitter:
                 self.writable.set()
             pending = self._settle(pending, results)
 
-    async def _send(self, calls: list[tuple[JobWriter, list[Any], bool]]) -> list[Any]:
+    async def _send(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for writer, args, use_eval in calls:
+        for writer, args, use_eval, _ in calls:
             keys = [
                 self._keys.events(writer.job),
                 self._keys.meta(writer.job),
@@ -238,23 +334,23 @@ class Emitter:
         self.round_trips += 1
         return list(await pipe.execute(raise_on_error=False))
 
-    def _settle(
-        self, calls: list[tuple[JobWriter, list[Any], bool]], results: list[Any]
-    ) -> list[tuple[JobWriter, list[Any], bool]]:
+    def _settle(self, calls: list[_Call], results: list[Any]) -> list[_Call]:
         """Apply one pipeline's replies; return the calls to send again."""
-        retry: list[tuple[JobWriter, list[Any], bool]] = []
+        retry: list[_Call] = []
         retrying: set[JobWriter] = set()
-        for (writer, args, _), result in zip(calls, results, strict=True):
+        for (writer, args, _, generation), result in zip(calls, results, strict=True):
+            if generation != writer.generation:
+                continue  # events queued before the job reached a limit: dropped
             if writer in retrying:
                 # An earlier call of this job is being re-sent: this one must follow it.
-                retry.append((writer, args, True))
+                retry.append((writer, args, True, generation))
             elif isinstance(result, NoScriptError):
                 retrying.add(writer)
-                retry.append((writer, args, True))
+                retry.append((writer, args, True, generation))
             elif isinstance(result, Exception):
                 if is_transient(result):
                     retrying.add(writer)
-                    retry.append((writer, args, False))
+                    retry.append((writer, args, False, generation))
                 else:
                     log.error("emit for job %s failed: %s", writer.job, result)
                     writer._fail(EmitError(f"Redis refused the event: {result}"))

@@ -23,32 +23,13 @@ from service.scripts import CREATE_JOB, READ_PAGE
 
 
 @dataclass(frozen=True)
-class JobMeta:
-    status: JobStatus
-    kind: str
-    seq: int
-    attempts: int
-    created_ms: int
-    updated_ms: int
-
-    @classmethod
-    def from_hash(cls, raw: Mapping[bytes, bytes]) -> JobMeta:
-        return cls(
-            status=JobStatus(raw[b"status"].decode()),
-            kind=raw.get(b"kind", b"").decode(),
-            seq=int(raw.get(b"seq", 0)),
-            attempts=int(raw.get(b"attempts", 0)),
-            created_ms=int(raw.get(b"created_ms", 0)),
-            updated_ms=int(raw.get(b"updated_ms", 0)),
-        )
-
-
-@dataclass(frozen=True)
 class JobSnapshot:
-    """A job's status and a page of its events, read in one round trip."""
+    """A job's status and a page of its events, read in one atomic call."""
 
-    meta: JobMeta
+    status: JobStatus
+    last_seq: int
     frames: list[bytes]
+    more: bool  # the page stopped at a limit (events or bytes): ask again after its last
 
 
 class JobStore:
@@ -64,6 +45,7 @@ class JobStore:
         self._keys = keys
         self._ttl_ms = result_ttl_s * 1000
         self._breaker = breaker
+        self._reader = EventReader(client, keys, breaker)
 
     async def submit(self, kind: str, payload: bytes) -> str:
         """Create a job and queue it for the workers; returns its id."""
@@ -76,20 +58,15 @@ class JobStore:
             await self._client.xadd(self._keys.jobs, {"job": job, "kind": kind, "payload": payload})
         return job
 
-    async def snapshot(self, job: str, after_seq: int, limit: int) -> JobSnapshot | None:
-        """The job's meta and up to `limit` events after `after_seq`; None if it is unknown."""
-
-        async def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._keys.meta(job))
-            pipe.xrange(self._keys.events(job), f"({stream_id(after_seq)}", "+", count=limit)
-            return list(await pipe.execute())
-
-        with redis_errors("read job", self._breaker):
-            raw_meta, entries = await retrying(read)
-        if not raw_meta:
+    async def snapshot(
+        self, job: str, after_seq: int, *, max_events: int, max_bytes: int
+    ) -> JobSnapshot | None:
+        """The job's status and its events after `after_seq`, at most `max_events` and
+        `max_bytes` of them (at least one, whatever its size); None if the job is unknown."""
+        (page,) = await self._reader.pages([PageRequest(job, after_seq, max_bytes)], max_events)
+        if not page.exists:
             return None
-        return JobSnapshot(JobMeta.from_hash(raw_meta), [fields[b"f"] for _, fields in entries])
+        return JobSnapshot(JobStatus(page.status), page.last_seq, page.frames, page.more)
 
     async def registered_kinds(self) -> set[str]:
         """Kinds that some worker has registered (built-in kinds are always known)."""
@@ -121,6 +98,7 @@ class Page:
     last_seq: int
     frames: list[bytes]
     finished: bool = False  # the job has its terminal event (at `last_seq`)
+    status: str = ""  # as the job's meta hash says (queued, running, done, failed)
     more: bool = False  # the page stopped at a limit: more may follow `frames`
     unread: bool = False  # not read this time (the call's byte budget ran out): ask again
     # The stored frame at each position asked to be checked (None: no entry there).
@@ -206,6 +184,7 @@ class EventReader:
                     last_seq=int(seq or 0),
                     frames=frames,
                     finished=status in (b"done", b"failed"),
+                    status=status.decode() if status else "",
                     more=bool(more),
                     stored=stored.get(r.job, {}),
                 )

@@ -28,13 +28,23 @@ from redis.exceptions import ResponseError
 
 from service.aio import stop_tasks
 from service.config import Settings
-from service.handlers import Handler, Job, JobFailed
+from service.handlers import Handler, Job, JobFailed, time_limit_s
 from service.keys import WORKERS_GROUP, Keys
 from service.maintenance import run_maintenance, sample_queue
 from service.metrics import QueueDepth, WorkerCollector
 from service.migrate import migrate, require_layout
 from service.model import EventKind, JobStatus
-from service.publisher import EmitError, Emitter, JobLost, JobWriter, TooManyEvents, now_ms
+from service.publisher import (
+    EmitError,
+    EmitLimits,
+    Emitter,
+    EventTooLarge,
+    JobLost,
+    JobTooLarge,
+    JobWriter,
+    TooManyEvents,
+    now_ms,
+)
 from service.redis_client import RedisFactory, backoff_s, redis_errors, retrying
 from service.scripts import START_JOB
 
@@ -68,7 +78,11 @@ class Worker:
             self.client,
             self.keys,
             ttl_s=self.settings.result_ttl_s,
-            max_events_per_job=self.settings.max_events_per_job,
+            limits=EmitLimits(
+                max_events=self.settings.max_events_per_job,
+                max_event_bytes=self.settings.max_event_bytes,
+                max_job_bytes=self.settings.max_job_bytes,
+            ),
         )
         self.running: dict[str, _Running] = {}
         self._slot_free = asyncio.Event()
@@ -296,6 +310,7 @@ class Worker:
             terminal = (EventKind.FAILED, {"message": f"no handler for job kind {kind!r}"})
         else:
             terminal = await self._call(handler, writer, kind, raw_payload, attempts)
+        writer.reopen_after_limit()  # a job failed for a limit still gets its terminal event
         try:
             await writer.emit(*terminal)
             await writer.flushed()
@@ -318,20 +333,50 @@ class Worker:
         except (orjson.JSONDecodeError, TypeError):
             return EventKind.FAILED, {"message": "the job's payload is not a JSON object"}
         job = Job(writer.job, kind, payload, attempts, writer.last_seq, emit)
+        limit_s = time_limit_s(handler, self.settings.job_timeout_s)
+        deadline = asyncio.timeout(limit_s)
         try:
-            result = await handler(job)
+            async with deadline:
+                result = await handler(job)
             await writer.flushed()
+        except TimeoutError as e:
+            if not deadline.expired():  # the handler's own timeout, not the job's
+                return self._handler_raised(writer.job, kind, e)
+            log.info("job %s (%s) ran past its time limit of %gs", writer.job, kind, limit_s)
+            await self._flushed_or_lost(writer)
+            message = f"the job ran longer than its time limit of {limit_s:g} s (JOB_TIMEOUT_S)"
+            return EventKind.FAILED, {"message": message}
         except JobFailed as e:
             return EventKind.FAILED, {"message": e.message}
         except TooManyEvents:
             limit = self.settings.max_events_per_job
             return EventKind.FAILED, {"message": f"job exceeded the limit of {limit} events"}
+        except EventTooLarge as e:
+            limit = self.settings.max_event_bytes
+            return EventKind.FAILED, {
+                "message": f"the job wrote an event over the limit of {limit} bytes "
+                f"(MAX_EVENT_BYTES): {e}"
+            }
+        except JobTooLarge:
+            limit = self.settings.max_job_bytes
+            return EventKind.FAILED, {
+                "message": f"the job's events passed the limit of {limit} bytes (MAX_JOB_BYTES)"
+            }
         except EmitError:
             raise
         except Exception as e:
-            log.exception("handler for job %s (%s) raised", writer.job, kind)
-            return EventKind.FAILED, {"message": f"the job's handler failed ({type(e).__name__})"}
+            return self._handler_raised(writer.job, kind, e)
         return EventKind.DONE, result
+
+    @staticmethod
+    def _handler_raised(job: str, kind: str, error: Exception) -> tuple[EventKind, Any]:
+        log.error("handler for job %s (%s) raised", job, kind, exc_info=error)
+        return EventKind.FAILED, {"message": f"the job's handler failed ({type(error).__name__})"}
+
+    async def _flushed_or_lost(self, writer: JobWriter) -> None:
+        """What a stopped handler emitted is written before its terminal event (or lost)."""
+        with suppress(EmitError):
+            await writer.flushed()
 
     async def _acknowledge(self, entry_id: str) -> None:
         attempt = 0

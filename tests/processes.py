@@ -68,10 +68,11 @@ async def running_stack(
     tmp_path: Path,
     *,
     concurrency: int = 4,
+    handlers: dict[str, Handler] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[str]:
-    """A private Redis (migrated), a worker and a gateway with these settings; yields the
-    gateway's base URL."""
+    """A private Redis (migrated), a worker (with these handlers, default the built-in ones)
+    and a gateway with these settings; yields the gateway's base URL."""
     server = RedisServer(tmp_path / "redis")
     server.start()
     client = server.client()
@@ -79,7 +80,7 @@ async def running_stack(
         await migrate(client, Keys(), report=lambda _: None)
         settings = make_settings(server.url, **overrides)
         async with (
-            running_worker(settings, concurrency=concurrency),
+            running_worker(settings, concurrency=concurrency, handlers=handlers),
             running_gateway(settings) as base,
         ):
             yield base

@@ -89,12 +89,12 @@ async def test_the_cli_prints_events_as_json_lines(
         rc, out, err = await cli("submit", "count", '{"n": 3}', "--url", base)
         assert rc == 0, err
         job = json.loads(out)
-        rc, out, err = await cli("watch", job["job"], "--token", job["token"], "--url", base)
+        rc, out, err = await cli("watch", job["job"], f"--token={job['token']}", "--url", base)
         assert rc == 0, err
         assert_exact([json.loads(line) for line in out.splitlines()], job["job"], 3)
         failing = json.loads((await cli("submit", "fail", '{"message": "no"}', "--url", base))[1])
         rc, out, err = await cli(
-            "watch", failing["job"], "--token", failing["token"], "--url", base
+            "watch", failing["job"], f"--token={failing['token']}", "--url", base
         )
         assert rc == 1 and json.loads(out)["event"] == "failed", err
         rc, _, err = await cli("watch", job["job"], "--token", "forged", "--url", base)

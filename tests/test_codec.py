@@ -9,6 +9,7 @@ import redis.asyncio as redis
 from service.codec import FrameError, FrameHead, event_frame, frame_head, frame_ts
 from service.keys import Keys
 from service.model import EventKind
+from service.publisher import EmitLimits
 from service.scripts import CREATE_JOB, EMIT
 from tests.conftest import entries
 
@@ -20,7 +21,7 @@ async def test_the_emit_script_writes_the_builders_bytes(migrated: redis.Redis) 
     await CREATE_JOB(migrated, [KEYS.meta(job)], ["count", 0, 60_000])
     datas = [b'{"i":1,"pad":"\\u00e9\\"x"}', b"[1,2.5,null]", b'{"message":"boom"}']
     kinds = [EventKind.DATA, EventKind.DATA, EventKind.FAILED]
-    args: list[object] = [job, 60_000, 100]
+    args: list[object] = EmitLimits(100, 1 << 20, 64 << 20).argv(job, 60_000)
     for seq, (kind, data) in enumerate(zip(kinds, datas, strict=True), 1):
         args += [seq, kind.value, 1_700_000_000_000 + seq, data.decode()]
     await EMIT(migrated, [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)], args)

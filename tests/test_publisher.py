@@ -13,13 +13,14 @@ import redis.asyncio as redis
 from service.codec import seq_of_frame
 from service.keys import Keys
 from service.model import EventKind
-from service.publisher import Emitter, JobFinished, JobLost
+from service.publisher import EmitLimits, Emitter, JobFinished, JobLost
 from service.redis_client import RedisFactory
 from service.scripts import CREATE_JOB, EMIT
 from tests.conftest import entries, make_settings, wait_for
 from tests.redis_servers import RedisServer
 
 KEYS = Keys()
+LIMITS = EmitLimits(max_events=1000, max_event_bytes=1 << 20, max_job_bytes=64 << 20)
 
 
 class Notifications:
@@ -53,7 +54,7 @@ class Notifications:
 @contextlib.asynccontextmanager
 async def emitter_for(url: str) -> AsyncIterator[Emitter]:
     client = RedisFactory(make_settings(url), "worker").commands()
-    emitter = Emitter(client, KEYS, ttl_s=60, max_events_per_job=1000)
+    emitter = Emitter(client, KEYS, ttl_s=60, limits=LIMITS)
     task = asyncio.create_task(emitter.run())
     try:
         yield emitter
@@ -117,12 +118,13 @@ async def test_a_resent_event_is_neither_stored_nor_published_twice(
 ) -> None:
     await create_job(rclient, "j")
     keys = [KEYS.events("j"), KEYS.meta("j"), KEYS.channel("j")]
-    args = ["j", 60_000, 1000, 1, "data", 5, b'{"i":1}']
+    args = [*LIMITS.argv("j", 60_000), 1, "data", 5, b'{"i":1}']
     async with Notifications(redis_server.client()) as seen:
         assert await EMIT(rclient, keys, args) == [1, 1, 0]
         # The same command again, as redis-py would re-send it after a lost reply.
         assert await EMIT(rclient, keys, args) == [0, 1, 0]
-        assert await EMIT(rclient, keys, ["j", 60_000, 1000, 3, "data", 5, b"{}"]) == [0, 1, 3]
+        gap = [*LIMITS.argv("j", 60_000), 3, "data", 5, b"{}"]
+        assert await EMIT(rclient, keys, gap) == [0, 1, 3]
         await wait_for(lambda: seen.frames, what="a notification")
         await rclient.publish(KEYS.channel("marker"), b"end")
         await wait_for(lambda: seen.frames[-1] == b"end", what="the marker")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from service.aio import stop_tasks
-from service.codec import FrameError, FrameHead, frame_head
+from service.codec import FrameError, FrameHead, frame_head, stored_seq
 from service.delivery.base import LiveSource, Watcher
 from service.delivery.supervise import restart_forever
 from service.model import ErrorCode, ServiceError
@@ -245,6 +245,12 @@ class Hub:
         try:
             head = frame_head(frame)
         except FrameError as e:
+            stored = stored_seq(frame)
+            if stored is not None:
+                # An event too large to publish: read it from the stream, where it is.
+                if any(w.last_seq < stored and not w.paused for w in feed.watches.values()):
+                    self.request_catch_up(job, "large")
+                return
             # Not a frame we wrote: say so, and read the job's stream (the durable copy).
             self._stats.malformed_frames += 1
             log.warning("a live frame for job %s is malformed (%s); catching it up", job, e)

@@ -29,6 +29,10 @@ from service.redis_client import RedisFactory, backoff_s, map_redis_error
 
 log = logging.getLogger(__name__)
 
+# XREAD bounds a read by count only: after large events, ask for fewer, so that one read
+# brings about this much at most (and at least one event).
+READ_BYTES = 1024 * 1024
+
 
 class XreadSource:
     """The `xread` live source: a supervised blocking-read loop per followed job."""
@@ -107,7 +111,11 @@ class XreadSource:
                 failures = 0
                 sink.missed([job], "reconnect")
             for _, entries in reply or ():
+                largest = 0
                 for _, fields in entries:
-                    sink.publish(job, fields[b"f"])
+                    frame = fields[b"f"]
+                    largest = max(largest, len(frame))
+                    sink.publish(job, frame)
                 last = int(entries[-1][0].split(b"-", 1)[0])
                 self._cursors[job] = max(self._cursors[job], last)
+                count = max(1, min(self._settings.xread_count, READ_BYTES // max(1, largest)))

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service import tokens
 from service.codec import encode, job_body, json_type
 from service.config import Settings
 from service.gateway.errors import HTTPFailure
-from service.handlers import BUILTIN_HANDLERS, BUILTIN_VALIDATORS, validate_count
+from service.handlers import BUILTIN_HANDLERS, Limits, validate_builtin
 from service.model import ErrorCode, is_job_id, seq_of_stream_id
 from service.streams import JobStore
+
+log = logging.getLogger(__name__)
 
 KINDS_CACHE_S = 5.0
 
@@ -28,9 +32,22 @@ class Intake:
         self.store = store
         self._kinds: set[str] = set()
         self._kinds_read_at = float("-inf")
+        self._limits = Limits(
+            max_events=settings.max_events_per_job,
+            max_event_bytes=settings.max_event_bytes,
+            max_job_bytes=settings.max_job_bytes,
+        )
 
     async def submit(self, request: Request) -> Response:
         self._check_api_key(request)
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            # Also what keeps a cross-site form (which cannot send JSON) from submitting jobs.
+            raise HTTPFailure(
+                415,
+                ErrorCode.BAD_REQUEST,
+                "the body must be sent as Content-Type: application/json",
+            )
         body = await self._read_body(request)
         try:
             submission = orjson.loads(body)
@@ -52,11 +69,17 @@ class Intake:
                 ErrorCode.BAD_REQUEST,
                 f"field 'payload' must be a JSON object, got {json_type(payload)}",
             )
+        try:
+            stored = orjson.dumps(payload)
+        except orjson.JSONEncodeError as e:  # parsing allows deeper nesting than encoding
+            raise HTTPFailure(
+                400, ErrorCode.BAD_REQUEST, f"payload cannot be stored: {e} (nested too deeply)"
+            ) from e
         await self._check_kind(kind)
         problem = self._validate(kind, payload)
         if problem:
             raise HTTPFailure(400, ErrorCode.BAD_REQUEST, problem)
-        job = await self.store.submit(kind, orjson.dumps(payload))
+        job = await self.store.submit(kind, stored)
         token = tokens.sign(job, self.settings.secret_key)
         return Response(encode({"job": job, "token": token}), 202, media_type="application/json")
 
@@ -75,19 +98,24 @@ class Intake:
             after_seq = seq_of_stream_id(after) if after else 0
         except ValueError as e:
             raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
-        snapshot = await self.store.snapshot(job, after_seq, self.settings.max_replay_events)
+        snapshot = await self.store.snapshot(
+            job,
+            after_seq,
+            max_events=self.settings.max_replay_events,
+            max_bytes=self.settings.max_send_queue_bytes,
+        )
         if snapshot is None:
             raise HTTPFailure(
                 404, ErrorCode.NOT_FOUND, "no such job (unknown, or its results expired)"
             )
-        if after_seq > snapshot.meta.seq:
+        if after_seq > snapshot.last_seq:
             raise HTTPFailure(
                 410,
                 ErrorCode.GONE,
                 "the position asked for is past the job's last event; "
                 "its results were rewound and cannot be served in full",
             )
-        body = job_body(job, snapshot.meta.status.value, snapshot.frames)
+        body = job_body(job, snapshot.status.value, snapshot.frames, more=snapshot.more)
         return Response(body, 200, media_type="application/json")
 
     def _check_api_key(self, request: Request) -> None:
@@ -113,10 +141,17 @@ class Intake:
         if declared and declared.isdigit() and int(declared) > limit:
             raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+        except ClientDisconnect:
+            # The client's own doing: no answer can reach it, and it is not our error.
+            log.info("a client went away before sending its whole request body")
+            raise HTTPFailure(
+                400, ErrorCode.BAD_REQUEST, "the request body was not sent in full"
+            ) from None
         return bytes(body)
 
     async def _check_kind(self, kind: str) -> None:
@@ -133,8 +168,5 @@ class Intake:
                 f"unknown job kind {kind[:64]!r}: no worker has registered it",
             )
 
-    def _validate(self, kind: str, payload: dict[str, object]) -> str | None:
-        if kind == "count":
-            return validate_count(payload, self.settings.max_events_per_job)
-        validator = BUILTIN_VALIDATORS.get(kind)
-        return validator(payload) if validator else None
+    def _validate(self, kind: str, payload: dict[str, Any]) -> str | None:
+        return validate_builtin(kind, payload, self._limits)

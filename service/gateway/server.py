@@ -10,6 +10,7 @@ import uvicorn
 
 from service.config import Settings
 from service.gateway.app import GatewayApp, create_app
+from service.gateway.http_protocol import header_deadline_protocol
 from service.gateway.sessions import Sessions
 from service.keys import Keys
 from service.migrate import require_layout
@@ -24,6 +25,7 @@ def uvicorn_config(
         host=host,
         port=port,
         log_config=None,  # our handlers, with secret redaction
+        http=header_deadline_protocol(settings.request_header_timeout_s),
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         # Compression would cost a zlib context per socket (memory) for little gain on

@@ -20,6 +20,7 @@ from service.codec import seq_of_frame
 from service.delivery.hub import Hub
 from service.delivery.memory import MemorySource
 from service.keys import Keys
+from service.publisher import EmitLimits
 from service.scripts import CREATE_JOB, EMIT
 from service.stats import GatewayStats
 from service.streams import EventReader, Page, PageRequest
@@ -28,6 +29,7 @@ from tests.delivery.clients import Client, Watcher
 
 KEYS = Keys()
 TTL_MS = 60_000
+LIMITS = EmitLimits(max_events=1_000_000, max_event_bytes=1 << 20, max_job_bytes=64 << 20)
 
 
 class GatedReader(EventReader):
@@ -65,7 +67,7 @@ class Job:
         return self
 
     async def emit(self, n: int, *, publish: bool = True, done: bool = False) -> None:
-        args: list[Any] = [self.name, TTL_MS, 1_000_000]
+        args: list[Any] = LIMITS.argv(self.name, TTL_MS)
         first = self.seq + 1
         for i in range(n):
             self.seq += 1

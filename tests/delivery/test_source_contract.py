@@ -21,6 +21,7 @@ from service.delivery.pubsub import PubSubSource
 from service.delivery.xread import XreadSource
 from service.keys import Keys
 from service.model import EventKind
+from service.publisher import EmitLimits
 from service.redis_client import RedisFactory
 from service.scripts import CREATE_JOB, EMIT
 from service.stats import GatewayStats
@@ -29,6 +30,7 @@ from tests.conftest import wait_for
 from tests.delivery.clients import Client, Watcher
 
 KEYS = Keys()
+LIMITS = EmitLimits(max_events=1000, max_event_bytes=1 << 20, max_job_bytes=64 << 20)
 SOURCES = ["memory", "pubsub", "xread"]
 
 # (job, seq, terminal, notify): store the event; notify=False is a notification lost.
@@ -79,7 +81,8 @@ def redis_rig(
         kind = EventKind.DONE if terminal else EventKind.DATA
         if notify:  # the worker's own script: XADD and PUBLISH, atomically
             keys = [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)]
-            await EMIT(client, keys, [job, 60_000, 1000, seq, kind.value, 1, "{}"])
+            args = [*LIMITS.argv(job, 60_000), seq, kind.value, 1, "{}"]
+            await EMIT(client, keys, args)
         else:  # stored, but the notification is lost
             frame = event_frame(seq, job, kind, 1, b"{}")
             await client.xadd(KEYS.events(job), {"f": frame}, id=f"{seq}-0")

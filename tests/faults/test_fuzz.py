@@ -104,13 +104,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         server.stop()
         text = log.read_text()
         assert "Traceback" not in text, text[-3000:]
+        assert " ERROR " not in text, text[-3000:]  # a client's mistake is not our error
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
-    ),
+    _containers,
     max_leaves=20,
 )
 frames = st.one_of(
@@ -124,7 +127,7 @@ frames = st.one_of(
             "after": json_values | st.text(max_size=30),
         },
     ).map(json.dumps),
-    st.integers(min_value=0, max_value=200).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(min_value=0, max_value=1100).map(lambda depth: "[" * depth + "]" * depth),
     st.just('{"op": "watch", "job": "j", "token": "t", "after": "99999999999999999999999-0"}'),
 )
 FUZZ = settings(
@@ -178,6 +181,42 @@ def test_any_submission_body_gets_a_contract_answer(gateway: Gateway, body: byte
         assert reply.status_code in (400, 413)
         error = reply.json()["error"]
         assert error["code"] in {"bad_request", "unknown_kind", "too_large"}
+
+
+MiB = 1024 * 1024
+built_in_payloads = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "n": st.integers(min_value=-5, max_value=10**12),
+            "size": st.integers(min_value=-5, max_value=4 * MiB),
+            "interval_ms": st.integers(min_value=-5, max_value=10**6),
+            "seconds": st.integers(min_value=-5, max_value=10**6) | st.floats(allow_nan=False),
+            "message": st.text(max_size=50),
+        },
+    ).map(json.dumps),
+    json_values.map(lambda v: json.dumps({"x": v})),
+    st.integers(min_value=0, max_value=1100).map(lambda d: '{"x": ' + "[" * d + "]" * d + "}"),
+    st.integers(min_value=0, max_value=MiB).map(lambda n: json.dumps({"x": "a" * n})),
+)
+
+
+@FUZZ
+@given(kind=st.sampled_from(["count", "echo", "sleep", "fail"]), payload=built_in_payloads)
+def test_built_in_jobs_are_refused_or_bounded(gateway: Gateway, kind: str, payload: str) -> None:
+    """A payload is refused (400, 413) unless what it asks for fits the byte limits."""
+    body = f'{{"kind": "{kind}", "payload": {payload}}}'.encode()
+    reply = gateway.http.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code in (202, 400, 413), reply.text
+    if reply.status_code != 202:
+        assert reply.json()["error"]["code"] in {"bad_request", "too_large"}
+        return
+    value = json.loads(payload)
+    if kind == "count":  # the defaults: MAX_EVENT_BYTES 1 MiB, MAX_JOB_BYTES 64 MiB
+        data = value.get("size", 0) + len('{"i":,"pad":""}') + len(str(value["n"]))
+        assert data <= MiB and value["n"] * data <= 64 * MiB
+    elif kind in ("echo", "fail"):
+        assert len(payload) <= MiB
 
 
 @FUZZ

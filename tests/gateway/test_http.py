@@ -91,13 +91,14 @@ async def test_bad_submissions(
 
 async def test_oversize_body_is_refused(http: httpx.AsyncClient) -> None:
     huge = b'{"kind": "echo", "payload": {"x": "' + b"a" * (1024 * 1024) + b'"}}'
-    assert_error(await http.post("/jobs", content=huge), 413, "too_large")
+    json_type = {"content-type": "application/json"}
+    assert_error(await http.post("/jobs", content=huge, headers=json_type), 413, "too_large")
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
         for _ in range(20):
             yield b"a" * 65536
 
-    assert_error(await http.post("/jobs", content=chunks()), 413, "too_large")
+    assert_error(await http.post("/jobs", content=chunks(), headers=json_type), 413, "too_large")
 
 
 async def test_reading_jobs_needs_the_right_token(http: httpx.AsyncClient) -> None:
