@@ -37,6 +37,15 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
 def _mode(text: str) -> DeliveryMode:
     value = text.strip().lower()
     if value not in DELIVERY_MODES:
@@ -61,6 +70,10 @@ class Settings:
 
     redis_url: str = _env("REDIS_URL", _redis_url, secret=True)
     delivery_mode: DeliveryMode = _env("DELIVERY_MODE", _mode)
+    # REDIS_URL names one node of a Redis Cluster; every process discovers the rest.
+    redis_cluster: bool = _env("REDIS_CLUSTER", _bool)
+    # Job intake is spread over this many streams, each with its own hash tag (shard).
+    job_streams: int = _env("JOB_STREAMS", _int)
     secret_key: str = _env("SECRET_KEY", str, secret=True)
     # Older keys still accepted for tokens while a rotation is under way; the first key signs.
     secret_key_fallbacks: tuple[str, ...] = _env("SECRET_KEY_FALLBACKS", _list, secret=True)
@@ -159,6 +172,7 @@ class Settings:
             "job_visibility_s",
             "job_max_attempts",
             "max_events_per_job",
+            "job_streams",
             "max_event_bytes",
             "max_job_bytes",
             "job_timeout_s",
@@ -178,6 +192,12 @@ class Settings:
             raise ConfigError(
                 "SOCKET_SEND_BUFFER_BYTES: expected 0 (the kernel's default) or a positive "
                 f"number, got {self.socket_send_buffer_bytes}"
+            )
+        if self.job_streams != 1:
+            # Spreading intake over several streams is not built yet: refuse rather than
+            # silently keep one stream.
+            raise ConfigError(
+                f"JOB_STREAMS: only 1 is supported in this version, got {self.job_streams}"
             )
         if self.max_job_bytes < self.max_event_bytes:
             raise ConfigError(
@@ -206,7 +226,7 @@ class Settings:
 
 def _expected(annotation: Any, error: ValueError) -> str:
     hint = str(error)
-    if hint.startswith(("one of", "a URL")):
+    if hint.startswith(("one of", "a URL", "true or false")):
         return hint
     names = {"int": "an integer", "float": "a number"}
     return names.get(str(annotation), "a valid value")
@@ -215,6 +235,8 @@ def _expected(annotation: Any, error: ValueError) -> str:
 DEFAULTS: dict[str, Any] = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "delivery_mode": "pubsub",
+    "redis_cluster": False,
+    "job_streams": 1,
     "secret_key": "",
     "secret_key_fallbacks": (),
     "api_keys": (),

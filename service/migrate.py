@@ -134,11 +134,15 @@ async def migrate(
                 continue
             report(f"applying {label}")
             await migration.up(client, keys)
-            pipe = client.pipeline(transaction=True)
-            pipe.hset(keys.migrations, str(migration.version), str(time.time_ns() // 1_000_000))
-            pipe.set(keys.layout, max(done | {migration.version}))
-            await pipe.execute()
+            # Two keys of different slots on a Redis Cluster: no transaction, but the layout
+            # version is written after the record, and set again by every run (below).
+            await client.hset(
+                keys.migrations, str(migration.version), str(time.time_ns() // 1_000_000)
+            )
+            await client.set(keys.layout, max(done | {migration.version}))
             done.add(migration.version)
+        if done and not dry_run:
+            await client.set(keys.layout, max(done))
         return [m.version for m in pending]
     finally:
         await RELEASE_LOCK(client, [keys.migrations_lock], [token])

@@ -95,12 +95,13 @@ _MESSAGES = {
 
 @dataclass(frozen=True)
 class EmitLimits:
-    """What one job may write, as the emit script enforces it."""
+    """What one job may write, as the emit script enforces it, and how it notifies."""
 
     max_events: int
     max_event_bytes: int
     max_job_bytes: int
     notify_max_bytes: int = NOTIFY_MAX_BYTES
+    sharded: bool = False  # a Redis Cluster: notify with SPUBLISH (sharded Pub/Sub)
 
     def argv(self, job: str, ttl_ms: int) -> list[Any]:
         """The emit script's arguments before the events."""
@@ -111,6 +112,7 @@ class EmitLimits:
             self.max_event_bytes,
             self.max_job_bytes,
             self.notify_max_bytes,
+            "SPUBLISH" if self.sharded else "PUBLISH",
         ]
 
 

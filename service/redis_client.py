@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection, parse_url
@@ -160,8 +160,45 @@ class RedisFactory:
         )
         return options
 
+    def cluster(self, *, socket_timeout: float | None, max_connections: int) -> redis.Redis:
+        """A Redis Cluster client (`REDIS_CLUSTER=true`), from any one node's URL.
+
+        redis-py's `RedisCluster` speaks the same command API as `Redis` and routes each
+        command to the primary of its key's slot; it is typed as `Redis` so callers keep one
+        code path. What it cannot do (a script over keys of several slots, sharded Pub/Sub
+        that survives a failover) is done per node by the code that needs it.
+        """
+        options: dict[str, Any] = dict(parse_url(self.settings.redis_url))
+        ssl = options.pop("connection_class", None) is redis.SSLConnection
+        options.pop("db", None)  # a cluster has only database 0
+        cluster = redis.RedisCluster(
+            **options,
+            ssl=ssl,
+            protocol=2,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self.settings.redis_connect_timeout_s,
+            socket_keepalive=True,
+            max_connections=max_connections,
+            client_name=f"resultcast-{self.role}",
+        )
+        return cast(redis.Redis, cluster)
+
+    def node(self, host: str, port: int, *, socket_timeout: float | None) -> redis.Redis:
+        """A client of one connection to one node of a cluster (auth and TLS from the URL)."""
+        options = self._pool_kwargs("node", socket_timeout=socket_timeout, health_check_s=0)
+        options.update(host=host, port=port)
+        options.pop("db", None)
+        pool = redis.ConnectionPool(max_connections=1, **options)
+        return redis.Redis.from_pool(pool)
+
     def commands(self, max_connections: int | None = None, health_check_s: int = 30) -> redis.Redis:
         """The pooled client for ordinary commands; waits briefly for a free connection."""
+        if self.settings.redis_cluster:
+            # Per node; commands routed to one node never wait on those of another.
+            return self.cluster(
+                socket_timeout=self.settings.redis_socket_timeout_s,
+                max_connections=self.settings.redis_max_connections,
+            )
         size = max_connections or pool_size(self.role, self.settings, self.concurrency)
         pool = redis.BlockingConnectionPool(
             max_connections=size,
@@ -181,6 +218,11 @@ class RedisFactory:
 
         With `wait=False` a full pool refuses at once (a `capacity` error) instead of queueing.
         """
+        if self.settings.redis_cluster:
+            # redis-py's cluster pool refuses at once when full (MaxConnectionsError).
+            return self.cluster(
+                socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, max_connections=max_connections
+            )
         kwargs = self._pool_kwargs(
             "blocking", socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0
         )
@@ -214,7 +256,9 @@ def map_redis_error(error: BaseException) -> ServiceError | None:
         text = str(error).lower()
         if "max requests limit exceeded" in text or text.startswith("oom"):
             return RedisAtCapacity(CAPACITY_MESSAGE)
-        if text.startswith(("loading", "masterdown", "readonly", "tryagain", "clusterdown")):
+        if text.startswith(
+            ("loading", "masterdown", "readonly", "tryagain", "clusterdown", "moved", "ask")
+        ):
             return RedisUnavailable(UNAVAILABLE_MESSAGE)
         return None
     if isinstance(error, RedisConnectionError):

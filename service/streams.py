@@ -7,12 +7,14 @@ submission leaves at worst an orphan meta hash that expires with the result TTL.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from service.breaker import CircuitBreaker
@@ -161,12 +163,15 @@ class EventReader:
             return read
 
         with redis_errors("catch-up read", self._breaker):
-            try:
-                replies = await retrying(read_with(READ_PAGE.evalsha_args), attempts=2)
-            except NoScriptError:
-                # Redis lost its script cache (a restart, a failover, SCRIPT FLUSH): EVAL
-                # runs the script and caches it again for the next read.
-                replies = await retrying(read_with(READ_PAGE.eval_args), attempts=2)
+            if isinstance(self._client, redis.RedisCluster):
+                replies = await self._read_per_node(self._client, requests, count, check_list)
+            else:
+                try:
+                    replies = await retrying(read_with(READ_PAGE.evalsha_args), attempts=2)
+                except NoScriptError:
+                    # Redis lost its script cache (a restart, a failover, SCRIPT FLUSH): EVAL
+                    # runs the script and caches it again for the next read.
+                    replies = await retrying(read_with(READ_PAGE.eval_args), attempts=2)
         answers = replies.pop(0) if requests else []
         stored: dict[str, dict[int, bytes | None]] = {}
         for (job, seq), entries in zip(check_list, replies, strict=True):
@@ -190,3 +195,50 @@ class EventReader:
                 )
             )
         return pages
+
+    async def _read_per_node(
+        self,
+        cluster: redis.RedisCluster,
+        requests: list[PageRequest],
+        count: int,
+        check_list: list[tuple[str, int]],
+    ) -> list[Any]:
+        """The same replies as one pipelined call, read from a Redis Cluster: one script call
+        per primary (its jobs' keys span many slots, which the script's flags allow on one
+        node), all primaries at once, and the checks routed by key."""
+        await cluster.initialize()
+        keys = self._keys
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, r in enumerate(requests):
+            node = cluster.get_node_from_key(keys.events(r.job))
+            if node is None:
+                raise RedisConnectionError(f"no cluster node serves job {r.job}'s slot")
+            groups.setdefault(node.name, (node, []))[1].append(i)
+
+        async def call(node: Any, indices: list[int]) -> list[Any]:
+            script_keys: list[str] = []  # none: a node's jobs span slots (see read_page.lua)
+            args: list[Any] = [count, CALL_BUDGET_BYTES]
+            for i in indices:
+                r = requests[i]
+                args += [keys.events(r.job), keys.meta(r.job)]
+                args += [stream_id(r.after_seq), max(1, r.max_bytes)]
+            try:
+                command = READ_PAGE.evalsha_args(script_keys, args)
+                reply = await cluster.execute_command(*command, target_nodes=node)
+            except NoScriptError:
+                command = READ_PAGE.eval_args(script_keys, args)
+                reply = await cluster.execute_command(*command, target_nodes=node)
+            return list(reply)
+
+        answers: list[Any] = [None] * len(requests)
+        replies = await asyncio.gather(*(call(node, ix) for node, ix in groups.values()))
+        for (_, indices), reply in zip(groups.values(), replies, strict=True):
+            for i, answer in zip(indices, reply, strict=True):
+                answers[i] = answer
+        checks = await asyncio.gather(
+            *(
+                cluster.xrange(keys.events(job), stream_id(seq), stream_id(seq))
+                for job, seq in check_list
+            )
+        )
+        return [answers, *checks] if requests else list(checks)

@@ -82,6 +82,7 @@ class Worker:
                 max_events=self.settings.max_events_per_job,
                 max_event_bytes=self.settings.max_event_bytes,
                 max_job_bytes=self.settings.max_job_bytes,
+                sharded=self.settings.redis_cluster,
             ),
         )
         self.running: dict[str, _Running] = {}

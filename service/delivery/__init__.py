@@ -1,9 +1,12 @@
 """Delivery: how a job's events get from Redis to the sessions watching it.
 
-One hub (`hub.Hub`, the `Delivery`) over one live source per process: `pubsub` or `xread`.
+One hub (`hub.Hub`, the `Delivery`) over one live source per process: `pubsub` (a pattern
+subscription; on a Redis Cluster, `sharded`: one subscriber per shard) or `xread`.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import redis.asyncio as redis
 
@@ -26,7 +29,11 @@ def create_delivery(
     if settings.delivery_mode == "xread":
         from service.delivery.xread import XreadSource
 
-        source = XreadSource(settings, factory)
+        source = XreadSource(settings, factory, commands)
+    elif settings.redis_cluster:
+        from service.delivery.sharded import ShardedSource
+
+        source = ShardedSource(settings, cast(redis.RedisCluster, commands))
     else:
         from service.delivery.pubsub import PubSubSource
 

@@ -19,13 +19,16 @@ import asyncio
 import logging
 from typing import Any
 
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from service.aio import stop_tasks
 from service.config import Settings
 from service.delivery.base import LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import stream_id
-from service.redis_client import RedisFactory, backoff_s, map_redis_error
+from service.redis_client import BLOCK_MARGIN_S, RedisFactory, backoff_s, map_redis_error
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,15 @@ class XreadSource:
 
     mode = "xread"
 
-    def __init__(self, settings: Settings, factory: RedisFactory) -> None:
+    def __init__(
+        self, settings: Settings, factory: RedisFactory, commands: redis.Redis | None = None
+    ) -> None:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
+        self._factory = factory
+        # On a Redis Cluster each loop has a connection of its own to its job's primary
+        # (redis-py's cluster pool hands out a connection that a cancelled read left broken).
+        self._cluster = commands if isinstance(commands, redis.RedisCluster) else None
         self._readers = factory.blocking(
             settings.xread_block_ms, max_connections=settings.xread_max_connections, wait=False
         )
@@ -49,12 +58,13 @@ class XreadSource:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._cursors: dict[str, int] = {}
         self._crashed: set[str] = set()  # jobs whose loop is backing off after a failure
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def start(self, sink: LiveSink) -> None:
         self._sink = sink
 
     async def stop(self) -> None:
-        await stop_tasks(self._loops.values())
+        await stop_tasks([*self._loops.values(), *self._stopping])
         self._loops.clear()
         await self._readers.aclose()
 
@@ -78,6 +88,9 @@ class XreadSource:
         task = self._loops.pop(job, None)
         if task is not None:
             task.cancel()
+            # Kept until it has closed its connection; `stop` waits for it.
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
         self._cursors.pop(job, None)
         self._crashed.discard(job)
 
@@ -86,15 +99,38 @@ class XreadSource:
         if self._sink is not None:
             self._sink.missed([job], "restart")
 
+    async def _reader_of(self, key: str) -> tuple[redis.Redis, bool]:
+        """The client to read `key` with, and whether it is this loop's own (to close)."""
+        if self._cluster is None:
+            return self._readers, False
+        await self._cluster.initialize()
+        node = self._cluster.get_node_from_key(key)
+        if node is None:
+            raise RedisConnectionError(f"no cluster node serves {key}")
+        timeout_s = self._settings.xread_block_ms / 1000 + BLOCK_MARGIN_S
+        return self._factory.node(node.host, int(node.port), socket_timeout=timeout_s), True
+
     async def _read_loop(self, job: str) -> None:
-        sink = self._sink
-        assert sink is not None, "started before reading"
         key = self._keys.events(job)
-        block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
         failures = 0
         while True:
+            if self._cluster is not None and failures:
+                await self._cluster.nodes_manager.initialize()  # where does the job live now?
+            reader, own = await self._reader_of(key)
             try:
-                reply: Any = await self._readers.xread(
+                failures = await self._read(job, key, reader, failures)
+            finally:
+                if own:
+                    await reader.aclose()
+
+    async def _read(self, job: str, key: str, reader: redis.Redis, failures: int) -> int:
+        """Read until cancelled; on a cluster, return after a failure (to find the node)."""
+        sink = self._sink
+        assert sink is not None, "started before reading"
+        block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
+        while True:
+            try:
+                reply: Any = await reader.xread(
                     {key: stream_id(self._cursors[job])}, count, block_ms
                 )
             except asyncio.CancelledError:
@@ -106,6 +142,8 @@ class XreadSource:
                 failures += 1
                 sink.report([job], error)
                 await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+                if self._cluster is not None:
+                    return failures  # the job may live elsewhere now
                 continue
             if failures:
                 failures = 0

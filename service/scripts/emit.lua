@@ -3,7 +3,9 @@
 -- KEYS[1] the job's events stream, KEYS[2] its meta hash, KEYS[3] its notification channel
 -- ARGV[1] job id, ARGV[2] ttl in ms, ARGV[3] max events per job, ARGV[4] max bytes per event
 -- frame, ARGV[5] max bytes of frames per job, ARGV[6] largest frame a notification carries,
--- then for each event: seq, kind ("data" | "done" | "failed"), ts (ms), data (JSON text)
+-- ARGV[7] how to notify: PUBLISH, or SPUBLISH on a Redis Cluster (sharded Pub/Sub: the channel,
+-- declared as KEYS[3], lives on the job's shard), then for each event: seq, kind ("data" |
+-- "done" | "failed"), ts (ms), data (JSON text)
 --
 -- Idempotent: an event whose seq is already written is skipped (no second entry, no second
 -- notification), so a command re-sent after a lost reply is harmless.
@@ -24,8 +26,9 @@ local stored = tonumber(state[3] or '0')
 local job, ttl, max_events = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_event_bytes, max_job_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local notify_max = tonumber(ARGV[6])
+local publish = ARGV[7] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
 local written, outcome, ts = 0, 0, nil
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local seq = tonumber(ARGV[i])
   if seq > last then
     if status == 'done' or status == 'failed' then
@@ -57,9 +60,9 @@ for i = 7, #ARGV, 4 do
     ts = ARGV[i + 2]
     redis.call('XADD', KEYS[1], id, 'f', frame)
     if #frame > notify_max then
-      redis.call('PUBLISH', KEYS[3], '{"type":"stored","seq":' .. ARGV[i] .. '}')
+      redis.call(publish, KEYS[3], '{"type":"stored","seq":' .. ARGV[i] .. '}')
     else
-      redis.call('PUBLISH', KEYS[3], frame)
+      redis.call(publish, KEYS[3], frame)
     end
     stored = stored + #frame
     last = seq

@@ -1,4 +1,4 @@
-#!lua flags=no-writes
+#!lua flags=no-writes,allow-cross-slot-keys
 -- Read pages of stored event frames for many jobs at once, bounded in events AND in bytes.
 --
 -- XRANGE alone can only bound a page by count, and a count of large events can be any size;
@@ -8,7 +8,10 @@
 -- One call serves many jobs (a catch-up of thousands of jobs is a few calls, not thousands);
 -- once the frames read in this call pass ARGV[2] bytes, the remaining jobs are not read and
 -- are answered `false`, so one call never holds Redis (or the reply) long.
--- Read-only (no-writes): it runs under maxmemory pressure and on replicas.
+-- Read-only (no-writes): it runs under maxmemory pressure and on replicas. On a Redis Cluster
+-- one call reads the jobs of one node, whose keys span many slots: Redis refuses declared keys
+-- of several slots, so there the keys come in ARGV instead (events, meta, after, most bytes per
+-- job, no KEYS) and the script may touch them because they are local (allow-cross-slot-keys).
 --
 -- KEYS: for each job, its events stream then its meta hash
 -- ARGV[1] most frames per page, ARGV[2] most bytes per call (after the first page),
@@ -53,12 +56,21 @@ local function read_page(events, meta, after, max_bytes)
 end
 
 local pages = {}
-for i = 1, #KEYS / 2 do
+-- Keys declared (KEYS) on a single Redis; on a cluster they come in ARGV (see above).
+local in_argv = #KEYS == 0
+local jobs = in_argv and (#ARGV - 2) / 4 or #KEYS / 2
+for i = 1, jobs do
+  local events, meta, after, max_bytes
+  if in_argv then
+    local at = 4 * i - 1
+    events, meta, after, max_bytes = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  else
+    events, meta, after, max_bytes = KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1], ARGV[2 * i + 2]
+  end
   if i > 1 and call_bytes > call_budget then
     pages[i] = false
   else
-    local page, bytes = read_page(KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i + 1],
-      tonumber(ARGV[2 * i + 2]))
+    local page, bytes = read_page(events, meta, after, tonumber(max_bytes))
     pages[i] = page
     call_bytes = call_bytes + bytes
   end

@@ -1,0 +1,83 @@
+"""A primary of a real Redis Cluster killed mid-stream: its replica takes over, and every
+watcher still gets every event once, in order (or `gone` where asynchronous replication lost
+a tail it had already been sent); nothing hangs, and `/readyz` recovers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.keys import Keys
+from service.migrate import migrate
+from tests.conftest import make_settings, wait_for
+from tests.processes import running_gateway, running_worker
+from tests.redis_cluster import LocalCluster
+from tests.ws_client import connect, submit
+
+pytestmark = [
+    pytest.mark.slow,
+    # See test_contract_on_cluster.py: redis-py's cluster client leaks a startup connection.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+KEYS = Keys()
+EVENTS = 120
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path / "cluster")
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+def exactly_once_or_gone(frames: list[dict[str, Any]], job: str) -> str:
+    """'done' if every event came once in order to the end, 'gone' if the watch ended so."""
+    events = [f for f in frames if f["type"] == "event"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), job
+    if frames[-1].get("code") == "gone":
+        return "gone"
+    assert events[-1]["event"] == "done" and len(events) == EVENTS + 1, frames[-3:]
+    return "done"
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+async def test_a_primary_killed_mid_stream(cluster: LocalCluster, mode: str) -> None:
+    client: Any = cluster.client()
+    try:
+        await migrate(client, KEYS, report=lambda _: None)
+        settings = make_settings(cluster.url, delivery_mode=mode, redis_cluster=True)
+        async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
+            jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(6)]
+            async with connect(base) as ws:
+                watching = await ws.watch_all(jobs, timeout_s=90)
+                # Once events flow, kill the primary serving the first job.
+                await wait_for(
+                    lambda: _has_events(client, jobs[0][0]), timeout_s=20, what="first events"
+                )
+                node = client.get_node_from_key(KEYS.events(jobs[0][0]))
+                victim = next(n for n in cluster.nodes if n.port == int(node.port))
+                victim.kill()
+                got = await watching
+            outcomes = [exactly_once_or_gone(got[job], job) for job, _ in jobs]
+            assert outcomes.count("done") >= len(jobs) - 1, outcomes
+
+            async def ready() -> bool:
+                async with httpx.AsyncClient(base_url=base) as http:
+                    return (await http.get("/readyz")).status_code == 200
+
+            await wait_for(ready, timeout_s=30, what="/readyz to recover")
+    finally:
+        await client.aclose()
+
+
+async def _has_events(client: Any, job: str) -> bool:
+    return bool(await client.xlen(KEYS.events(job)) >= 10)
