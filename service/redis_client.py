@@ -29,8 +29,8 @@ from typing import Any, Literal, TypeVar, cast
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.backoff import NoBackoff
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -252,6 +252,8 @@ def map_redis_error(error: BaseException) -> ServiceError | None:
         return error
     if isinstance(error, RedisTimeoutError | asyncio.TimeoutError):
         return RedisBusy(BUSY_MESSAGE)
+    if is_topology_change(error):
+        return RedisUnavailable(UNAVAILABLE_MESSAGE)
     if isinstance(error, ResponseError):
         text = str(error).lower()
         if "max requests limit exceeded" in text or text.startswith("oom"):
@@ -304,6 +306,13 @@ def redis_errors(operation: str, breaker: CircuitBreaker | None = None) -> Itera
     else:
         if breaker is not None:
             breaker.success()
+
+
+def is_topology_change(error: BaseException) -> bool:
+    """A Redis Cluster answer meaning "not here (any more)": a slot moved or is moving."""
+    return isinstance(error, MovedError | AskError | TryAgainError) or (
+        isinstance(error, ResponseError) and "non local key" in str(error)
+    )
 
 
 def is_transient(error: BaseException) -> bool:

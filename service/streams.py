@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 from service.breaker import CircuitBreaker
 from service.keys import Keys
 from service.model import JobStatus, new_job_id, stream_id
-from service.redis_client import redis_errors, retrying
+from service.redis_client import is_topology_change, redis_errors, retrying
 from service.scripts import CREATE_JOB, READ_PAGE
 
 
@@ -207,6 +207,23 @@ class EventReader:
         per primary (its jobs' keys span many slots, which the script's flags allow on one
         node), all primaries at once, and the checks routed by key."""
         await cluster.initialize()
+        try:
+            return await self._read_nodes(cluster, requests, count, check_list)
+        except Exception as e:
+            if not is_topology_change(e):
+                raise
+            # A slot moved since the client last read the slot map: read it again, and the
+            # pages from where the jobs live now.
+            await cluster.nodes_manager.initialize()
+            return await self._read_nodes(cluster, requests, count, check_list)
+
+    async def _read_nodes(
+        self,
+        cluster: redis.RedisCluster,
+        requests: list[PageRequest],
+        count: int,
+        check_list: list[tuple[str, int]],
+    ) -> list[Any]:
         keys = self._keys
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i, r in enumerate(requests):

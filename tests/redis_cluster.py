@@ -137,3 +137,34 @@ class LocalCluster:
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster.from_url(self.url, protocol=2)
+
+
+def _cli(port: int, *args: str) -> str:
+    reply = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return reply.stdout.strip()
+
+
+def node_id(port: int) -> str:
+    return _cli(port, "cluster", "myid")
+
+
+def migrate_slot(slot: int, source: RedisServer, target: RedisServer) -> int:
+    """Move one slot and its keys from `source` to `target` the way `redis-cli --cluster
+    reshard` does (IMPORTING, MIGRATING, MIGRATE of every key, then NODE); returns the keys
+    moved. Blocking: run it in a thread from async code."""
+    source_id, target_id = node_id(source.port), node_id(target.port)
+    _cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
+    _cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+    moved = 0
+    while True:
+        keys = _cli(source.port, "cluster", "getkeysinslot", str(slot), "100").split()
+        if not keys:
+            break
+        _cli(source.port, "migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *keys)
+        moved += len(keys)
+    for node in (target, source):
+        _cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
+    return moved

@@ -1,9 +1,13 @@
-"""A primary of a real Redis Cluster killed mid-stream: its replica takes over, and every
-watcher still gets every event once, in order (or `gone` where asynchronous replication lost
-a tail it had already been sent); nothing hangs, and `/readyz` recovers."""
+"""Topology changes of a real Redis Cluster mid-stream, both delivery modes.
+
+A primary killed (its replica takes over): every watcher still gets every event once, in
+order (or `gone` where asynchronous replication lost a tail it had already been sent);
+nothing hangs, and `/readyz` recovers. A watched job's slot migrated to another primary: no
+loss, no duplicate."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
-from tests.redis_cluster import LocalCluster
+from tests.redis_cluster import LocalCluster, migrate_slot
 from tests.ws_client import connect, submit
 
 pytestmark = [
@@ -81,3 +85,27 @@ async def test_a_primary_killed_mid_stream(cluster: LocalCluster, mode: str) -> 
 
 async def _has_events(client: Any, job: str) -> bool:
     return bool(await client.xlen(KEYS.events(job)) >= 10)
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mode: str) -> None:
+    client: Any = cluster.client()
+    try:
+        await migrate(client, KEYS, report=lambda _: None)
+        settings = make_settings(cluster.url, delivery_mode=mode, redis_cluster=True)
+        async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
+            jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(3)]
+            job = jobs[0][0]
+            async with connect(base) as ws:
+                watching = await ws.watch_all(jobs, timeout_s=90)
+                await wait_for(lambda: _has_events(client, job), timeout_s=20, what="events")
+                slot = int(await client.cluster_keyslot(KEYS.events(job)))
+                owner = client.get_node_from_key(KEYS.events(job))
+                source = next(n for n in cluster.nodes if n.port == int(owner.port))
+                target = next(n for n in cluster.primaries() if n is not source)
+                moved = await asyncio.to_thread(migrate_slot, slot, source, target)
+                assert moved >= 2  # the job's stream and meta hash (and nothing is lost)
+                got = await watching
+            assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
+    finally:
+        await client.aclose()
