@@ -109,3 +109,30 @@ async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mo
             assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
     finally:
         await client.aclose()
+
+
+async def test_a_client_moves_between_two_gateways_mid_job(cluster: LocalCluster) -> None:
+    client: Any = cluster.client()
+    try:
+        await migrate(client, KEYS, report=lambda _: None)
+        settings = make_settings(cluster.url, redis_cluster=True)
+        async with (
+            running_worker(settings, concurrency=4),
+            running_gateway(settings) as first,
+            running_gateway(settings) as second,
+        ):
+            job, token = await submit(first, "count", {"n": EVENTS, "interval_ms": 10})
+            seen: list[dict[str, Any]] = []
+            async with connect(first) as ws:
+                await ws.watch(job, token)
+                while len(seen) < 30:
+                    frame = await ws.recv()
+                    if frame["type"] == "event":
+                        seen.append(frame)
+            async with connect(second) as ws:
+                await ws.watch(job, token, after=seen[-1]["id"])
+                rest = (await ws.events_until_terminal({job}, timeout_s=60))[job]
+            seen += [f for f in rest if f["type"] == "event"]
+            assert exactly_once_or_gone(seen, job) == "done"
+    finally:
+        await client.aclose()
