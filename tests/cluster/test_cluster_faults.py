@@ -136,3 +136,32 @@ async def test_a_client_moves_between_two_gateways_mid_job(cluster: LocalCluster
             assert exactly_once_or_gone(seen, job) == "done"
     finally:
         await client.aclose()
+
+
+async def test_every_shard_subscriber_killed_resubscribes_one_slot_per_command(
+    cluster: LocalCluster,
+) -> None:
+    """Redis refuses an SSUBSCRIBE that names channels of two slots (CROSSSLOT), so a
+    resubscription that mixed them would stop delivery: after every subscriber connection of
+    every shard is killed, every job on every shard still delivers every event once."""
+    client: Any = cluster.client()
+    try:
+        await migrate(client, KEYS, report=lambda _: None)
+        settings = make_settings(cluster.url, redis_cluster=True)
+        async with running_worker(settings, concurrency=12), running_gateway(settings) as base:
+            jobs = [
+                await submit(base, "count", {"n": EVENTS, "interval_ms": 20}) for _ in range(12)
+            ]
+            shards = {client.get_node_from_key(KEYS.events(job)).name for job, _ in jobs}
+            assert len(shards) == 3  # the jobs are spread over every primary
+            async with connect(base) as ws:
+                watching = await ws.watch_all(jobs, timeout_s=90)
+                await wait_for(lambda: _has_events(client, jobs[-1][0]), what="events")
+                killed = await client.client_kill_filter(
+                    _type="pubsub", target_nodes=client.PRIMARIES
+                )
+                assert sum(int(n) for n in killed.values()) >= 3  # one subscriber per primary
+                got = await watching
+            assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * len(jobs)
+    finally:
+        await client.aclose()
