@@ -193,12 +193,6 @@ class Settings:
                 "SOCKET_SEND_BUFFER_BYTES: expected 0 (the kernel's default) or a positive "
                 f"number, got {self.socket_send_buffer_bytes}"
             )
-        if self.job_streams != 1:
-            # Spreading intake over several streams is not built yet: refuse rather than
-            # silently keep one stream.
-            raise ConfigError(
-                f"JOB_STREAMS: only 1 is supported in this version, got {self.job_streams}"
-            )
         if self.max_job_bytes < self.max_event_bytes:
             raise ConfigError(
                 f"MAX_JOB_BYTES ({self.max_job_bytes}) must be at least MAX_EVENT_BYTES "

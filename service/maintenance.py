@@ -129,9 +129,10 @@ async def run_maintenance(
             try:
                 with redis_errors("maintenance"):
                     if await lease.acquire_or_renew() and loop.time() >= next_work:
-                        trimmed = await trim_acknowledged(client, keys.jobs)
-                        if trimmed:
-                            log.info("maintenance trimmed %d acknowledged jobs", trimmed)
+                        for stream in keys.job_stream_keys:
+                            trimmed = await trim_acknowledged(client, stream)
+                            if trimmed:
+                                log.info("maintenance trimmed %d acknowledged jobs", trimmed)
                         if extra is not None:
                             await extra()
                         next_work = loop.time() + interval_s

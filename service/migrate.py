@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
-from service.keys import Keys
+from service.keys import WORKERS_GROUP, Keys
 from service.scripts import RELEASE_LOCK
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,43 @@ async def require_layout(client: redis.Redis, keys: Keys, directory: Path | None
             f"the Redis layout is at version {current} but this code needs {expected}: "
             "run `python -m service migrate` first"
         )
+    for stream in keys.job_stream_keys:
+        if not await _has_workers_group(client, stream):
+            raise MigrationError(
+                f"the job stream {stream} has no consumer group (JOB_STREAMS grew?): "
+                "run `python -m service migrate` with the same JOB_STREAMS first"
+            )
+
+
+async def _has_workers_group(client: redis.Redis, stream: str) -> bool:
+    try:
+        groups: Any = await client.xinfo_groups(stream)
+    except ResponseError as e:  # no such key
+        if "no such key" in str(e).lower():
+            return False
+        raise
+    return any(_text(g["name"]) == WORKERS_GROUP for g in groups)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def ensure_job_streams(client: redis.Redis, keys: Keys) -> list[str]:
+    """Every stream of job intake (JOB_STREAMS) with its `workers` group; returns those made.
+
+    Idempotent, and run by every `migrate`: raising JOB_STREAMS needs no new migration file.
+    """
+    made = []
+    for stream in keys.job_stream_keys:
+        try:
+            # From id 0: jobs submitted before the group existed are still run.
+            await client.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
+            made.append(stream)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+    return made
 
 
 async def migrate(
@@ -143,6 +182,8 @@ async def migrate(
             done.add(migration.version)
         if done and not dry_run:
             await client.set(keys.layout, max(done))
+            for stream in await ensure_job_streams(client, keys):
+                report(f"created the job stream {stream} and its consumer group")
         return [m.version for m in pending]
     finally:
         await RELEASE_LOCK(client, [keys.migrations_lock], [token])

@@ -11,7 +11,7 @@ from service.redis_client import RedisFactory, redis_errors
 async def run_migrate(
     settings: Settings, *, status_only: bool = False, dry_run: bool = False
 ) -> int:
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.job_streams)
     client = RedisFactory(settings, "migrate").commands()
     try:
         with redis_errors("migrate"):

@@ -57,7 +57,8 @@ class JobStore:
             await retrying(
                 lambda: CREATE_JOB(self._client, [self._keys.meta(job)], [kind, now, self._ttl_ms])
             )
-            await self._client.xadd(self._keys.jobs, {"job": job, "kind": kind, "payload": payload})
+            stream = self._keys.job_stream(job)
+            await self._client.xadd(stream, {"job": job, "kind": kind, "payload": payload})
         return job
 
     async def snapshot(

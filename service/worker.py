@@ -1,10 +1,12 @@
 """The job worker: takes jobs from the jobs stream, runs them, and emits their events.
 
-Jobs come from a consumer group, so each job goes to one worker. A job is acknowledged only
-once its terminal event is durable; a worker that dies leaves its jobs pending, and another
-worker claims them (`XAUTOCLAIM`) once they have been idle for `JOB_VISIBILITY_S`. Running jobs
-are kept fresh by a heartbeat so a slow job is not taken from a live worker. Each start counts
-an attempt; past `JOB_MAX_ATTEMPTS` the job is failed with a message saying so.
+Jobs come from a consumer group, so each job goes to one worker; with JOB_STREAMS > 1 from
+several intake streams, each read by its own blocking loop, all sharing the worker's slots.
+A job is acknowledged only once its terminal event is durable; a worker that dies leaves its
+jobs pending, and another worker claims them (`XAUTOCLAIM`) once they have been idle for
+`JOB_VISIBILITY_S`. Running jobs are kept fresh by a heartbeat so a slow job is not taken from
+a live worker. Each start counts an attempt; past `JOB_MAX_ATTEMPTS` the job is failed with a
+message saying so.
 
 On SIGTERM/SIGINT the worker stops taking jobs, lets running ones finish for up to
 `WORKER_STOP_GRACE_S`, then cancels the rest and hands them back for others to claim at once.
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Running:
+    stream: str  # the intake stream the job came from
     entry_id: str
     job: str
     task: asyncio.Task[None] | None = None
@@ -70,10 +73,13 @@ class Worker:
     )
 
     def __post_init__(self) -> None:
-        self.keys = Keys(self.settings.key_prefix)
+        self.keys = Keys(self.settings.key_prefix, self.settings.job_streams)
         self.factory = RedisFactory(self.settings, "worker", concurrency=self.concurrency)
         self.client = self.factory.commands()
-        self.intake = self.factory.blocking(self.settings.worker_block_ms)
+        # A blocking read per intake stream, each holding a connection while it waits.
+        self.intake = self.factory.blocking(
+            self.settings.worker_block_ms, max_connections=self.settings.job_streams
+        )
         self.emitter = Emitter(
             self.client,
             self.keys,
@@ -85,7 +91,8 @@ class Worker:
                 sharded=self.settings.redis_cluster,
             ),
         )
-        self.running: dict[str, _Running] = {}
+        self.running: dict[tuple[str, str], _Running] = {}  # by (stream, entry id)
+        self._reserved = 0  # slots held by intake reads under way
         self._slot_free = asyncio.Event()
         self.jobs_done = 0
         self.jobs_finished: Counter[str] = Counter()
@@ -117,11 +124,17 @@ class Worker:
                 name="maintenance",
             ),
         ]
-        intake = asyncio.create_task(self._take_jobs(), name="intake")
+        # One intake loop per stream (a blocking read names one stream: on a cluster, streams
+        # of different slots cannot share one command); they share the worker's slots.
+        streams = self.keys.job_stream_keys
+        intake = [
+            asyncio.create_task(self._take_jobs(stream, len(streams)), name=f"intake-{stream}")
+            for stream in streams
+        ]
         try:
             await stop.wait()
         finally:
-            await stop_tasks([intake])
+            await stop_tasks(intake)
             await self._finish_running()
             await stop_tasks(background)
             await self.client.aclose()
@@ -129,8 +142,12 @@ class Worker:
             log.info("worker %s stopped after %d jobs", self.consumer, self.jobs_done)
 
     async def _sample_queue(self) -> None:
-        waiting, pending, age_s = await sample_queue(self.client, self.keys.jobs)
-        self.queue_depth = QueueDepth(time.monotonic(), waiting, pending, age_s)
+        waiting, pending, age_s = 0, Counter[str](), 0.0
+        for stream in self.keys.job_stream_keys:
+            w, p, a = await sample_queue(self.client, stream)
+            waiting, age_s = waiting + w, max(age_s, a)
+            pending.update(p)
+        self.queue_depth = QueueDepth(time.monotonic(), waiting, dict(pending), age_s)
 
     def sampled_queue(self) -> QueueDepth | None:
         """The last sample while it is fresh, i.e. while this process holds the lease."""
@@ -160,31 +177,36 @@ class Worker:
 
     # -- taking jobs -------------------------------------------------------------------------
 
-    async def _take_jobs(self) -> None:
-        """New jobs first, then idle ones that a dead worker left behind."""
+    async def _take_jobs(self, stream: str, streams: int) -> None:
+        """New jobs of one intake stream first, then idle ones a dead worker left behind."""
         attempt = 0
         next_claim = 0.0
         loop = asyncio.get_running_loop()
+        # With several streams, each loop reads a share of the slots, so no stream waits
+        # behind another's blocking read.
+        share = max(1, self.concurrency // streams)
         while True:
-            free = await self._free_slots()
             await self._pause_while_unwritable()
+            free = await self._reserve(share)
             try:
                 entries: list[Any] = []
                 if loop.time() >= next_claim:
-                    entries = await self._claim_abandoned(free)
+                    entries = await self._claim_abandoned(stream, free)
                     next_claim = loop.time() + self.settings.job_visibility_s / 2
                 if not entries:
-                    entries = await self._read_new(free)
+                    entries = await self._read_new(stream, free)
                 attempt = 0
             except Exception as e:
+                self._release(free)
                 attempt += 1
                 log.warning("taking jobs failed (attempt %d): %s: %s", attempt, type(e).__name__, e)
                 if isinstance(e, ResponseError) and str(e).startswith("NOGROUP"):
                     await self._restore_layout()
                 await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=5.0))
                 continue
+            self._release(free)  # and at once taken by the jobs read, if any
             for entry_id, fields in entries:
-                self._start(entry_id.decode(), fields)
+                self._start(stream, entry_id.decode(), fields)
 
     async def _pause_while_unwritable(self) -> None:
         """Take no new job while events cannot be written: they would only pile up here."""
@@ -215,55 +237,64 @@ class Worker:
         except Exception as e:
             log.error("could not restore the Redis layout: %s: %s", type(e).__name__, e)
 
-    async def _free_slots(self) -> int:
-        while len(self.running) >= self.concurrency:
+    async def _reserve(self, most: int) -> int:
+        """Hold up to `most` free slots for one read; at least one, waiting for it."""
+        while len(self.running) + self._reserved >= self.concurrency:
             self._slot_free.clear()
             await self._slot_free.wait()
-        return self.concurrency - len(self.running)
+        held = min(most, self.concurrency - len(self.running) - self._reserved)
+        self._reserved += held
+        return held
 
-    async def _read_new(self, count: int) -> list[Any]:
+    def _release(self, held: int) -> None:
+        self._reserved -= held
+        self._slot_free.set()
+
+    async def _read_new(self, stream: str, count: int) -> list[Any]:
         reply: Any = await self.intake.xreadgroup(
             WORKERS_GROUP,
             self.consumer,
-            {self.keys.jobs: ">"},
+            {stream: ">"},
             count=count,
             block=self.settings.worker_block_ms,
         )
         return list(reply[0][1]) if reply else []
 
-    async def _claim_abandoned(self, count: int) -> list[Any]:
+    async def _claim_abandoned(self, stream: str, count: int) -> list[Any]:
         min_idle_ms = int(self.settings.job_visibility_s * 1000)
         reply = await self.client.xautoclaim(
-            self.keys.jobs, WORKERS_GROUP, self.consumer, min_idle_ms, "0-0", count=count
+            stream, WORKERS_GROUP, self.consumer, min_idle_ms, "0-0", count=count
         )
         claimed, deleted = reply[1], reply[2] if len(reply) > 2 else []
         if deleted:
             # Entries trimmed while pending: nothing to run, just clear them from the group.
-            await self.client.xack(self.keys.jobs, WORKERS_GROUP, *deleted)
+            await self.client.xack(stream, WORKERS_GROUP, *deleted)
         claimed = [(entry_id, fields) for entry_id, fields in claimed if fields]
         if claimed:
             log.info("claimed %d abandoned job(s)", len(claimed))
         return claimed
 
-    def _start(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _start(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         job = fields.get(b"job", b"").decode()
-        running = _Running(entry_id, job)
-        self.running[entry_id] = running
+        running = _Running(stream, entry_id, job)
+        self.running[stream, entry_id] = running
         running.task = asyncio.create_task(self._run_job(running, fields), name=f"job-{job}")
 
     async def _heartbeat(self) -> None:
         """Keep running jobs' idle time low so no other worker claims them."""
         while True:
             await asyncio.sleep(self.settings.job_visibility_s / 3)
-            ids: list[Any] = [r.entry_id for r in self.running.values() if not r.handed_back]
-            if not ids:
-                continue
-            try:
-                await self.client.xclaim(
-                    self.keys.jobs, WORKERS_GROUP, self.consumer, 0, ids, justid=True
-                )
-            except Exception as e:
-                log.warning("heartbeat for %d running job(s) failed: %s", len(ids), e)
+            by_stream: dict[str, list[Any]] = {}
+            for r in self.running.values():
+                if not r.handed_back:
+                    by_stream.setdefault(r.stream, []).append(r.entry_id)
+            for stream, ids in by_stream.items():
+                try:
+                    await self.client.xclaim(
+                        stream, WORKERS_GROUP, self.consumer, 0, ids, justid=True
+                    )
+                except Exception as e:
+                    log.warning("heartbeat for %d running job(s) failed: %s", len(ids), e)
 
     # -- running one job ---------------------------------------------------------------------
 
@@ -279,7 +310,7 @@ class Worker:
                 "job %s could not be completed here: %s: %s", running.job, type(e).__name__, e
             )
         finally:
-            self.running.pop(running.entry_id, None)
+            self.running.pop((running.stream, running.entry_id), None)
             self._slot_free.set()
 
     async def _execute(self, running: _Running, fields: dict[bytes, bytes]) -> None:
@@ -296,7 +327,7 @@ class Worker:
         else:
             writer = running.writer = self.emitter.writer(job, int(last_seq))
             await self._run_handler(writer, kind, fields.get(b"payload", b"{}"), int(attempts))
-        await self._acknowledge(running.entry_id)
+        await self._acknowledge(running.stream, running.entry_id)
         self.jobs_done += 1
 
     async def _run_handler(
@@ -379,11 +410,11 @@ class Worker:
         with suppress(EmitError):
             await writer.flushed()
 
-    async def _acknowledge(self, entry_id: str) -> None:
+    async def _acknowledge(self, stream: str, entry_id: str) -> None:
         attempt = 0
         while True:
             try:
-                await self.client.xack(self.keys.jobs, WORKERS_GROUP, entry_id)
+                await self.client.xack(stream, WORKERS_GROUP, entry_id)
                 return
             except Exception as e:
                 attempt += 1
@@ -427,7 +458,7 @@ class Worker:
             pipe = self.client.pipeline(transaction=False)
             pipe.hincrby(self.keys.meta(running.job), "attempts", -1)
             pipe.xclaim(
-                self.keys.jobs,
+                running.stream,
                 WORKERS_GROUP,
                 self.consumer,
                 0,

@@ -70,7 +70,7 @@ class GatewayApp:
 
 def create_app(settings: Settings) -> GatewayApp:
     settings.require_secret_key()
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.job_streams)
     state: dict[str, Gateway] = {}
     sessions = Sessions()
 

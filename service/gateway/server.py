@@ -44,7 +44,7 @@ async def _preflight(settings: Settings) -> None:
     client = RedisFactory(settings, "gateway").commands()
     try:
         with redis_errors("layout check"):
-            await require_layout(client, Keys(settings.key_prefix))
+            await require_layout(client, Keys(settings.key_prefix, settings.job_streams))
     finally:
         await client.aclose()
 

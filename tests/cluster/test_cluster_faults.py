@@ -43,13 +43,13 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         local.stop()
 
 
-def exactly_once_or_gone(frames: list[dict[str, Any]], job: str) -> str:
+def exactly_once_or_gone(frames: list[dict[str, Any]], job: str, n: int = EVENTS) -> str:
     """'done' if every event came once in order to the end, 'gone' if the watch ended so."""
     events = [f for f in frames if f["type"] == "event"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), job
     if frames[-1].get("code") == "gone":
         return "gone"
-    assert events[-1]["event"] == "done" and len(events) == EVENTS + 1, frames[-3:]
+    assert events[-1]["event"] == "done" and len(events) == n + 1, frames[-3:]
     return "done"
 
 
@@ -163,5 +163,22 @@ async def test_every_shard_subscriber_killed_resubscribes_one_slot_per_command(
                 assert sum(int(n) for n in killed.values()) >= 3  # one subscriber per primary
                 got = await watching
             assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * len(jobs)
+    finally:
+        await client.aclose()
+
+
+async def test_job_intake_spread_over_streams_on_several_shards(cluster: LocalCluster) -> None:
+    keys = Keys(job_streams=3)
+    client: Any = cluster.client()
+    try:
+        await migrate(client, keys, report=lambda _: None)
+        homes = {client.get_node_from_key(stream).name for stream in keys.job_stream_keys}
+        assert len(homes) >= 2  # the streams' hash tags put them on different primaries
+        settings = make_settings(cluster.url, redis_cluster=True, job_streams=3)
+        async with running_worker(settings, concurrency=6), running_gateway(settings) as base:
+            jobs = [await submit(base, "count", {"n": 20}) for _ in range(9)]
+            async with connect(base) as ws:
+                got = await (await ws.watch_all(jobs, timeout_s=60))
+        assert [exactly_once_or_gone(got[j], j, 20) for j, _ in jobs] == ["done"] * 9
     finally:
         await client.aclose()
