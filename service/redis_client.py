@@ -29,7 +29,13 @@ from typing import Any, Literal, TypeVar, cast
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -148,8 +154,10 @@ class RedisFactory:
         options: dict[str, Any] = dict(parse_url(self.settings.redis_url))
         base = options.pop("connection_class", redis.Connection)
         live = self.connections.setdefault(purpose, weakref.WeakSet())
+        # One server's identity: on a cluster every node has its own, so none is observed.
+        identity = None if self.settings.redis_cluster else self.identity
         options.update(
-            connection_class=_counting_class(base, self.counter, live, self.identity),
+            connection_class=_counting_class(base, self.counter, live, identity),
             protocol=2,
             socket_timeout=socket_timeout,
             socket_connect_timeout=self.settings.redis_connect_timeout_s,
@@ -181,6 +189,15 @@ class RedisFactory:
             max_connections=max_connections,
             client_name=f"resultcast-{self.role}",
         )
+        # RedisCluster takes no connection class, but builds each node's connections from
+        # these shared arguments (redis-py injects its own settings the same way): count
+        # the commands here too.
+        base = redis.SSLConnection if ssl else redis.Connection
+        live = self.connections.setdefault("commands", weakref.WeakSet())
+        counting = _counting_class(base, self.counter, live, None)
+        cluster.nodes_manager.connection_kwargs["connection_class"] = counting
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = counting
         return cast(redis.Redis, cluster)
 
     def node(self, host: str, port: int, *, socket_timeout: float | None) -> redis.Redis:
@@ -309,9 +326,11 @@ def redis_errors(operation: str, breaker: CircuitBreaker | None = None) -> Itera
 
 
 def is_topology_change(error: BaseException) -> bool:
-    """A Redis Cluster answer meaning "not here (any more)": a slot moved or is moving."""
-    return isinstance(error, MovedError | AskError | TryAgainError) or (
-        isinstance(error, ResponseError) and "non local key" in str(error)
+    """A Redis Cluster answer meaning "not here (any more)": a slot moved or is moving, or
+    the cluster is down for a moment (a primary failing over)."""
+    return isinstance(error, MovedError | AskError | TryAgainError | ClusterDownError) or (
+        isinstance(error, ResponseError)
+        and any(s in str(error) for s in ("non local key", "cluster is down"))
     )
 
 

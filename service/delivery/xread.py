@@ -16,6 +16,7 @@ restarted after a back-off and its job caught up; `ready` is False meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -115,8 +116,20 @@ class XreadSource:
         failures = 0
         while True:
             if self._cluster is not None and failures:
-                await self._cluster.nodes_manager.initialize()  # where does the job live now?
-            reader, own = await self._reader_of(key)
+                # Where does the job live now? (If the cluster cannot say yet, the next read
+                # fails and reports it, and this is tried again after a back-off.)
+                with contextlib.suppress(Exception):
+                    await self._cluster.nodes_manager.initialize()
+            try:
+                reader, own = await self._reader_of(key)
+            except Exception as e:
+                error = map_redis_error(e)
+                if error is None or self._sink is None:
+                    raise
+                failures += 1
+                self._sink.report([job], error)
+                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+                continue
             try:
                 failures = await self._read(job, key, reader, failures)
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -32,13 +33,22 @@ class Health:
         async with self._lock:
             if time.monotonic() - self._checked_at > READY_CACHE_S:
                 try:
-                    self._redis_ok = bool(
-                        await asyncio.wait_for(self._client.ping(), PING_TIMEOUT_S)
-                    )
+                    self._redis_ok = bool(await asyncio.wait_for(self._ping(), PING_TIMEOUT_S))
                 except Exception:
                     self._redis_ok = False
+                    if isinstance(self._client, redis.RedisCluster):
+                        # A node may be gone for good (failed over): ask the cluster anew,
+                        # so the next check pings the primaries it has now.
+                        with contextlib.suppress(Exception):
+                            await self._client.nodes_manager.initialize()
                 self._checked_at = time.monotonic()
             return self._redis_ok
+
+    async def _ping(self) -> bool:
+        if isinstance(self._client, redis.RedisCluster):
+            replies = await self._client.ping(target_nodes=redis.RedisCluster.PRIMARIES)
+            return all(replies.values()) if isinstance(replies, dict) else bool(replies)
+        return bool(await self._client.ping())
 
     async def healthz(self, _request: object) -> Response:
         return JSONResponse({"status": "ok"})

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.keys import Keys
@@ -27,6 +28,8 @@ from tests.gateway.test_contract import (
 )
 from tests.processes import running_gateway, running_worker
 from tests.redis_cluster import LocalCluster
+from tests.test_metrics import samples
+from tests.ws_client import assert_exact, connect
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,3 +79,19 @@ async def stack(mode: str, cluster: LocalCluster, tmp_path: Path) -> AsyncIterat
             yield Stack(base, settings, cluster.nodes[0], client)
     finally:
         await client.aclose()
+
+
+async def test_commands_are_counted_and_no_node_is_taken_for_a_failover(stack: Stack) -> None:
+    """Every node has its own run id: the gateway must not read two nodes as one server that
+    keeps failing over (which would hold back live frames and re-check every job)."""
+    job, token = await stack.job(n=30)
+    async with connect(stack.base) as ws:
+        await ws.watch(job, token)
+        frames = (await ws.events_until_terminal({job}))[job]
+    assert_exact(frames[1:], job, 30)
+    async with httpx.AsyncClient(base_url=stack.base) as http:
+        found = samples((await http.get("/metrics")).text)
+    sent = sum(v for (name, _), v in found.items() if name == "resultcast_redis_commands_total")
+    assert sent > 0
+    changes = [v for (name, _), v in found.items() if "redis_server_changes" in name]
+    assert changes == [0]
