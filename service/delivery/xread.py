@@ -79,7 +79,7 @@ class XreadSource:
             restart_forever(
                 f"the XREAD loop of job {job}",
                 lambda: self._read_loop(job),
-                on_crash=lambda _e: self._crashed.add(job),
+                on_crash=lambda _e: self._crashed_loop(job),
                 on_restart=lambda: self._restarted(job),
             ),
             name=f"xread-{job}",
@@ -94,6 +94,16 @@ class XreadSource:
             task.add_done_callback(self._stopping.discard)
         self._cursors.pop(job, None)
         self._crashed.discard(job)
+
+    def _crashed_loop(self, job: str) -> None:
+        if job in self._loops:  # a loop that outlived its unfollow is not a job's outage
+            self._crashed.add(job)
+
+    def _still_followed(self, job: str) -> None:
+        """End a loop whose job was unfollowed, even if its cancellation was swallowed (a
+        redis-py read can turn one into an error on Python 3.11) or the job followed anew."""
+        if self._loops.get(job) is not asyncio.current_task():
+            raise asyncio.CancelledError
 
     def _restarted(self, job: str) -> None:
         self._crashed.discard(job)
@@ -115,6 +125,7 @@ class XreadSource:
         key = self._keys.events(job)
         failures = 0
         while True:
+            self._still_followed(job)
             if self._cluster is not None and failures:
                 # Where does the job live now? (If the cluster cannot say yet, the next read
                 # fails and reports it, and this is tried again after a back-off.)
@@ -142,6 +153,7 @@ class XreadSource:
         assert sink is not None, "started before reading"
         block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
         while True:
+            self._still_followed(job)
             try:
                 reply: Any = await reader.xread(
                     {key: stream_id(self._cursors[job])}, count, block_ms
@@ -158,6 +170,7 @@ class XreadSource:
                 if self._cluster is not None:
                     return failures  # the job may live elsewhere now
                 continue
+            self._still_followed(job)
             if failures:
                 failures = 0
                 sink.missed([job], "reconnect")
