@@ -121,11 +121,7 @@ async def _has_workers_group(client: redis.Redis, stream: str) -> bool:
         if "no such key" in str(e).lower():
             return False
         raise
-    return any(_text(g["name"]) == WORKERS_GROUP for g in groups)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return any(g["name"] in (WORKERS_GROUP, WORKERS_GROUP.encode()) for g in groups)
 
 
 async def ensure_job_streams(client: redis.Redis, keys: Keys) -> list[str]:

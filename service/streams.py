@@ -151,11 +151,7 @@ class EventReader:
             async def read() -> list[Any]:
                 pipe = self._client.pipeline(transaction=False)
                 if requests:
-                    script_keys: list[str] = []
-                    args: list[Any] = [count, CALL_BUDGET_BYTES]
-                    for r in requests:
-                        script_keys += [keys.events(r.job), keys.meta(r.job)]
-                        args += [stream_id(r.after_seq), max(1, r.max_bytes)]
+                    script_keys, args = self._page_call(requests, count, keys_in_argv=False)
                     pipe.execute_command(*script_args(script_keys, args))
                 for job, seq in check_list:
                     pipe.xrange(keys.events(job), stream_id(seq), stream_id(seq))
@@ -197,6 +193,22 @@ class EventReader:
             )
         return pages
 
+    def _page_call(
+        self, requests: list[PageRequest], count: int, *, keys_in_argv: bool
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one `read_page.lua` call for these requests."""
+        keys = self._keys
+        script_keys: list[str] = []
+        args: list[Any] = [count, CALL_BUDGET_BYTES]
+        for r in requests:
+            job_keys = [keys.events(r.job), keys.meta(r.job)]
+            if keys_in_argv:
+                args += job_keys
+            else:
+                script_keys += job_keys
+            args += [stream_id(r.after_seq), max(1, r.max_bytes)]
+        return script_keys, args
+
     async def _read_per_node(
         self,
         cluster: redis.RedisCluster,
@@ -234,12 +246,10 @@ class EventReader:
             groups.setdefault(node.name, (node, []))[1].append(i)
 
         async def call(node: Any, indices: list[int]) -> list[Any]:
-            script_keys: list[str] = []  # none: a node's jobs span slots (see read_page.lua)
-            args: list[Any] = [count, CALL_BUDGET_BYTES]
-            for i in indices:
-                r = requests[i]
-                args += [keys.events(r.job), keys.meta(r.job)]
-                args += [stream_id(r.after_seq), max(1, r.max_bytes)]
+            # No KEYS: a node's jobs span slots (see read_page.lua).
+            script_keys, args = self._page_call(
+                [requests[i] for i in indices], count, keys_in_argv=True
+            )
             try:
                 command = READ_PAGE.evalsha_args(script_keys, args)
                 reply = await cluster.execute_command(*command, target_nodes=node)

@@ -8,7 +8,8 @@ loss, no duplicate."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_cluster import LocalCluster, migrate_slot
+from tests.redis_servers import RedisServer
 from tests.ws_client import connect, submit
 
 pytestmark = [
@@ -43,6 +45,39 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         local.stop()
 
 
+@asynccontextmanager
+async def stack_on(
+    cluster: LocalCluster,
+    *,
+    concurrency: int,
+    gateways: int = 1,
+    job_streams: int = 1,
+    **overrides: Any,
+) -> AsyncIterator[tuple[Any, list[str]]]:
+    """The cluster migrated, a worker and `gateways` gateways on it; yields a cluster client
+    and the gateways' base URLs."""
+    client: Any = cluster.client()
+    try:
+        await migrate(client, Keys(job_streams=job_streams), report=lambda _: None)
+        settings = make_settings(
+            cluster.url, redis_cluster=True, job_streams=job_streams, **overrides
+        )
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(running_worker(settings, concurrency=concurrency))
+            bases = [
+                await stack.enter_async_context(running_gateway(settings)) for _ in range(gateways)
+            ]
+            yield client, bases
+    finally:
+        await client.aclose()
+
+
+def primary_of(cluster: LocalCluster, client: Any, key: str) -> RedisServer:
+    """The node that serves `key` now."""
+    node = client.get_node_from_key(key)
+    return next(n for n in cluster.nodes if n.port == int(node.port))
+
+
 def exactly_once_or_gone(frames: list[dict[str, Any]], job: str, n: int = EVENTS) -> str:
     """'done' if every event came once in order to the end, 'gone' if the watch ended so."""
     events = [f for f in frames if f["type"] == "event"]
@@ -55,32 +90,24 @@ def exactly_once_or_gone(frames: list[dict[str, Any]], job: str, n: int = EVENTS
 
 @pytest.mark.parametrize("mode", ["pubsub", "xread"])
 async def test_a_primary_killed_mid_stream(cluster: LocalCluster, mode: str) -> None:
-    client: Any = cluster.client()
-    try:
-        await migrate(client, KEYS, report=lambda _: None)
-        settings = make_settings(cluster.url, delivery_mode=mode, redis_cluster=True)
-        async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
-            jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(6)]
-            async with connect(base) as ws:
-                watching = await ws.watch_all(jobs, timeout_s=90)
-                # Once events flow, kill the primary serving the first job.
-                await wait_for(
-                    lambda: _has_events(client, jobs[0][0]), timeout_s=20, what="first events"
-                )
-                node = client.get_node_from_key(KEYS.events(jobs[0][0]))
-                victim = next(n for n in cluster.nodes if n.port == int(node.port))
-                victim.kill()
-                got = await watching
-            outcomes = [exactly_once_or_gone(got[job], job) for job, _ in jobs]
-            assert outcomes.count("done") >= len(jobs) - 1, outcomes
+    async with stack_on(cluster, concurrency=8, delivery_mode=mode) as (client, [base]):
+        jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(6)]
+        async with connect(base) as ws:
+            watching = await ws.watch_all(jobs, timeout_s=90)
+            # Once events flow, kill the primary serving the first job.
+            await wait_for(
+                lambda: _has_events(client, jobs[0][0]), timeout_s=20, what="first events"
+            )
+            primary_of(cluster, client, KEYS.events(jobs[0][0])).kill()
+            got = await watching
+        outcomes = [exactly_once_or_gone(got[job], job) for job, _ in jobs]
+        assert outcomes.count("done") >= len(jobs) - 1, outcomes
 
-            async def ready() -> bool:
-                async with httpx.AsyncClient(base_url=base) as http:
-                    return (await http.get("/readyz")).status_code == 200
+        async def ready() -> bool:
+            async with httpx.AsyncClient(base_url=base) as http:
+                return (await http.get("/readyz")).status_code == 200
 
-            await wait_for(ready, timeout_s=30, what="/readyz to recover")
-    finally:
-        await client.aclose()
+        await wait_for(ready, timeout_s=30, what="/readyz to recover")
 
 
 async def _has_events(client: Any, job: str) -> bool:
@@ -89,53 +116,36 @@ async def _has_events(client: Any, job: str) -> bool:
 
 @pytest.mark.parametrize("mode", ["pubsub", "xread"])
 async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mode: str) -> None:
-    client: Any = cluster.client()
-    try:
-        await migrate(client, KEYS, report=lambda _: None)
-        settings = make_settings(cluster.url, delivery_mode=mode, redis_cluster=True)
-        async with running_worker(settings, concurrency=8), running_gateway(settings) as base:
-            jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(3)]
-            job = jobs[0][0]
-            async with connect(base) as ws:
-                watching = await ws.watch_all(jobs, timeout_s=90)
-                await wait_for(lambda: _has_events(client, job), timeout_s=20, what="events")
-                slot = int(await client.cluster_keyslot(KEYS.events(job)))
-                owner = client.get_node_from_key(KEYS.events(job))
-                source = next(n for n in cluster.nodes if n.port == int(owner.port))
-                target = next(n for n in cluster.primaries() if n is not source)
-                moved = await asyncio.to_thread(migrate_slot, slot, source, target)
-                assert moved >= 2  # the job's stream and meta hash (and nothing is lost)
-                got = await watching
-            assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
-    finally:
-        await client.aclose()
+    async with stack_on(cluster, concurrency=8, delivery_mode=mode) as (client, [base]):
+        jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(3)]
+        job = jobs[0][0]
+        async with connect(base) as ws:
+            watching = await ws.watch_all(jobs, timeout_s=90)
+            await wait_for(lambda: _has_events(client, job), timeout_s=20, what="events")
+            slot = int(await client.cluster_keyslot(KEYS.events(job)))
+            source = primary_of(cluster, client, KEYS.events(job))
+            target = next(n for n in cluster.primaries() if n is not source)
+            moved = await asyncio.to_thread(migrate_slot, slot, source, target)
+            assert moved >= 2  # the job's stream and meta hash (and nothing is lost)
+            got = await watching
+        assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
 
 
 async def test_a_client_moves_between_two_gateways_mid_job(cluster: LocalCluster) -> None:
-    client: Any = cluster.client()
-    try:
-        await migrate(client, KEYS, report=lambda _: None)
-        settings = make_settings(cluster.url, redis_cluster=True)
-        async with (
-            running_worker(settings, concurrency=4),
-            running_gateway(settings) as first,
-            running_gateway(settings) as second,
-        ):
-            job, token = await submit(first, "count", {"n": EVENTS, "interval_ms": 10})
-            seen: list[dict[str, Any]] = []
-            async with connect(first) as ws:
-                await ws.watch(job, token)
-                while len(seen) < 30:
-                    frame = await ws.recv()
-                    if frame["type"] == "event":
-                        seen.append(frame)
-            async with connect(second) as ws:
-                await ws.watch(job, token, after=seen[-1]["id"])
-                rest = (await ws.events_until_terminal({job}, timeout_s=60))[job]
-            seen += [f for f in rest if f["type"] == "event"]
-            assert exactly_once_or_gone(seen, job) == "done"
-    finally:
-        await client.aclose()
+    async with stack_on(cluster, concurrency=4, gateways=2) as (_, [first, second]):
+        job, token = await submit(first, "count", {"n": EVENTS, "interval_ms": 10})
+        seen: list[dict[str, Any]] = []
+        async with connect(first) as ws:
+            await ws.watch(job, token)
+            while len(seen) < 30:
+                frame = await ws.recv()
+                if frame["type"] == "event":
+                    seen.append(frame)
+        async with connect(second) as ws:
+            await ws.watch(job, token, after=seen[-1]["id"])
+            rest = (await ws.events_until_terminal({job}, timeout_s=60))[job]
+        seen += [f for f in rest if f["type"] == "event"]
+        assert exactly_once_or_gone(seen, job) == "done"
 
 
 async def test_every_shard_subscriber_killed_resubscribes_one_slot_per_command(
@@ -144,41 +154,25 @@ async def test_every_shard_subscriber_killed_resubscribes_one_slot_per_command(
     """Redis refuses an SSUBSCRIBE that names channels of two slots (CROSSSLOT), so a
     resubscription that mixed them would stop delivery: after every subscriber connection of
     every shard is killed, every job on every shard still delivers every event once."""
-    client: Any = cluster.client()
-    try:
-        await migrate(client, KEYS, report=lambda _: None)
-        settings = make_settings(cluster.url, redis_cluster=True)
-        async with running_worker(settings, concurrency=12), running_gateway(settings) as base:
-            jobs = [
-                await submit(base, "count", {"n": EVENTS, "interval_ms": 20}) for _ in range(12)
-            ]
-            shards = {client.get_node_from_key(KEYS.events(job)).name for job, _ in jobs}
-            assert len(shards) == 3  # the jobs are spread over every primary
-            async with connect(base) as ws:
-                watching = await ws.watch_all(jobs, timeout_s=90)
-                await wait_for(lambda: _has_events(client, jobs[-1][0]), what="events")
-                killed = await client.client_kill_filter(
-                    _type="pubsub", target_nodes=client.PRIMARIES
-                )
-                assert sum(int(n) for n in killed.values()) >= 3  # one subscriber per primary
-                got = await watching
-            assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * len(jobs)
-    finally:
-        await client.aclose()
+    async with stack_on(cluster, concurrency=12) as (client, [base]):
+        jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 20}) for _ in range(12)]
+        shards = {client.get_node_from_key(KEYS.events(job)).name for job, _ in jobs}
+        assert len(shards) == 3  # the jobs are spread over every primary
+        async with connect(base) as ws:
+            watching = await ws.watch_all(jobs, timeout_s=90)
+            await wait_for(lambda: _has_events(client, jobs[-1][0]), what="events")
+            killed = await client.client_kill_filter(_type="pubsub", target_nodes=client.PRIMARIES)
+            assert sum(int(n) for n in killed.values()) >= 3  # one subscriber per primary
+            got = await watching
+        assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * len(jobs)
 
 
 async def test_job_intake_spread_over_streams_on_several_shards(cluster: LocalCluster) -> None:
-    keys = Keys(job_streams=3)
-    client: Any = cluster.client()
-    try:
-        await migrate(client, keys, report=lambda _: None)
-        homes = {client.get_node_from_key(stream).name for stream in keys.job_stream_keys}
+    async with stack_on(cluster, concurrency=6, job_streams=3) as (client, [base]):
+        streams = Keys(job_streams=3).job_stream_keys
+        homes = {client.get_node_from_key(stream).name for stream in streams}
         assert len(homes) >= 2  # the streams' hash tags put them on different primaries
-        settings = make_settings(cluster.url, redis_cluster=True, job_streams=3)
-        async with running_worker(settings, concurrency=6), running_gateway(settings) as base:
-            jobs = [await submit(base, "count", {"n": 20}) for _ in range(9)]
-            async with connect(base) as ws:
-                got = await (await ws.watch_all(jobs, timeout_s=60))
-        assert [exactly_once_or_gone(got[j], j, 20) for j, _ in jobs] == ["done"] * 9
-    finally:
-        await client.aclose()
+        jobs = [await submit(base, "count", {"n": 20}) for _ in range(9)]
+        async with connect(base) as ws:
+            got = await (await ws.watch_all(jobs, timeout_s=60))
+    assert [exactly_once_or_gone(got[j], j, 20) for j, _ in jobs] == ["done"] * 9
