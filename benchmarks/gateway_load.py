@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.bench.harness import (
+    CommandCount,
     Stack,
     caught_up,
     close_all,
-    command_calls,
     connections_named,
     gateway_figures,
     percentile_ms,
@@ -204,11 +204,11 @@ async def idle_and_catch_up(
     await caught_up(stack.base)  # the watches' initial catch-ups are done
     result: dict[str, Any] = {}
     if "idle" in phases:
-        calls_0 = await command_calls(stack.client)
+        commands = await CommandCount(stack).begin()
         _, cpu_0 = proc_stats(stack.gateway_pid)
         await asyncio.sleep(args.idle_seconds)
         rss_1, cpu_1 = proc_stats(stack.gateway_pid)
-        calls = await command_calls(stack.client) - calls_0 - 1  # less the INFO measuring it
+        calls = await commands.since()
         result["idle"] = {
             "sockets": count,
             "seconds": args.idle_seconds,
@@ -217,25 +217,23 @@ async def idle_and_catch_up(
             "gateway_cpu_percent": (cpu_1 - cpu_0) / args.idle_seconds * 100,
             "redis_commands": calls,
             "commands_per_socket_hour": calls / count / (args.idle_seconds / 3600),
-            "gateway_redis_connections": await connections_named(
-                stack.client, "resultcast-gateway"
-            ),
+            "gateway_redis_connections": await connections_named(stack, "resultcast-gateway"),
         }
     if "catchup" in phases:
         await write_first_events(
             stack.client, [job for job, _ in jobs], '{"missed":true}', publish=False
         )
         before = watched.events
-        calls_before = await command_calls(stack.client)
+        commands = await CommandCount(stack).begin()
         sent_before = (await gateway_figures(stack.base))["resultcast_redis_commands_total"]
         started = time.perf_counter()
-        await stack.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
+        await stack.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await until(lambda: watched.events - before >= count, 60, step_s=0.001)
         seconds = time.perf_counter() - started
         sent = (await gateway_figures(stack.base))["resultcast_redis_commands_total"] - sent_before
-        # Commands Redis executed, less the INFO that measures and the CLIENT KILL itself:
-        # the gateway's, and those its read script runs inside Redis (HMGET + XRANGE a job).
-        calls = await command_calls(stack.client) - calls_before - 2
+        # Commands Redis executed, less the CLIENT KILL itself: the gateway's, and those its
+        # read script runs inside Redis (HMGET + XRANGE a job).
+        calls = await commands.since() - 1
         result["catchup"] = {
             "watched_jobs": count,
             "kill_to_all_delivered_s": seconds,

@@ -25,8 +25,8 @@ from pathlib import Path
 import redis.asyncio as redis
 
 from service.bench.harness import (
+    CommandCount,
     close_all,
-    command_calls,
     proc_stats,
     running_stack,
     until,
@@ -94,16 +94,16 @@ async def main() -> None:
                 watch_all(sockets, jobs)
                 await until(lambda: sink.frames >= args.sockets, 120)
                 await asyncio.sleep(2.0)
-                calls_0 = await command_calls(stack.client)
+                commands = await CommandCount(stack).begin()
                 started = time.monotonic()
                 print(f"{'minute':>7} {'rss MiB':>9} {'commands':>9}", flush=True)
                 while (elapsed := time.monotonic() - started) < args.minutes * 60:
                     rss, _ = proc_stats(stack.gateway_pid)
-                    calls = await command_calls(stack.client) - calls_0
+                    calls = await commands.since()
                     print(f"{elapsed / 60:>7.1f} {rss:>9.1f} {calls:>9}", flush=True)
                     await asyncio.sleep(min(args.sample_s, args.minutes * 60 - elapsed))
                 rss, _ = proc_stats(stack.gateway_pid)
-                calls = await command_calls(stack.client) - calls_0
+                calls = await commands.since()
                 print(f"{args.minutes:>7.1f} {rss:>9.1f} {calls:>9}", flush=True)
 
                 redis_process = await recovery(

@@ -41,6 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from service.breaker import BreakerState, CircuitBreaker
+from service.cluster_client import WaitingCluster
 from service.config import Settings
 from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable, ServiceError
 from service.server_identity import ServerIdentity, info_field
@@ -168,7 +169,9 @@ class RedisFactory:
         )
         return options
 
-    def cluster(self, *, socket_timeout: float | None, max_connections: int) -> redis.Redis:
+    def cluster(
+        self, *, socket_timeout: float | None, max_connections: int, wait: bool = True
+    ) -> redis.Redis:
         """A Redis Cluster client (`REDIS_CLUSTER=true`), from any one node's URL.
 
         redis-py's `RedisCluster` speaks the same command API as `Redis` and routes each
@@ -179,7 +182,9 @@ class RedisFactory:
         options: dict[str, Any] = dict(parse_url(self.settings.redis_url))
         ssl = options.pop("connection_class", None) is redis.SSLConnection
         options.pop("db", None)  # a cluster has only database 0
-        cluster = redis.RedisCluster(
+        waiting: dict[str, Any] = {"turn_timeout_s": self.settings.redis_socket_timeout_s}
+        cluster = (WaitingCluster if wait else redis.RedisCluster)(
+            **(waiting if wait else {}),
             **options,
             ssl=ssl,
             protocol=2,
@@ -210,13 +215,12 @@ class RedisFactory:
 
     def commands(self, max_connections: int | None = None, health_check_s: int = 30) -> redis.Redis:
         """The pooled client for ordinary commands; waits briefly for a free connection."""
-        if self.settings.redis_cluster:
-            # Per node; commands routed to one node never wait on those of another.
-            return self.cluster(
-                socket_timeout=self.settings.redis_socket_timeout_s,
-                max_connections=self.settings.redis_max_connections,
-            )
         size = max_connections or pool_size(self.role, self.settings, self.concurrency)
+        if self.settings.redis_cluster:
+            # As many per node as on one server, and no more commands in flight than that.
+            return self.cluster(
+                socket_timeout=self.settings.redis_socket_timeout_s, max_connections=size
+            )
         pool = redis.BlockingConnectionPool(
             max_connections=size,
             timeout=self.settings.redis_socket_timeout_s,
@@ -238,7 +242,9 @@ class RedisFactory:
         if self.settings.redis_cluster:
             # redis-py's cluster pool refuses at once when full (MaxConnectionsError).
             return self.cluster(
-                socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, max_connections=max_connections
+                socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S,
+                max_connections=max_connections,
+                wait=wait,
             )
         kwargs = self._pool_kwargs(
             "blocking", socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S, health_check_s=0

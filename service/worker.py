@@ -419,7 +419,12 @@ class Worker:
             except Exception as e:
                 attempt += 1
                 if attempt == 1:
-                    log.warning("acknowledging job entry %s failed, retrying: %s", entry_id, e)
+                    log.warning(
+                        "acknowledging job entry %s failed, retrying: %s: %s",
+                        entry_id,
+                        type(e).__name__,
+                        e,
+                    )
                 await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=2.0))
 
     # -- stopping ----------------------------------------------------------------------------

@@ -8,11 +8,10 @@ import httpx
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.bench.harness import command_calls
 from service.config import Settings
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker, service_process
-from tests.redis_servers import RedisServer, free_port
+from tests.redis_servers import RedisServer, command_calls, free_port
 from tests.ws_client import assert_exact, connect, submit
 
 

@@ -8,6 +8,7 @@ import logging
 import resource
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from service.bench.params import Params
@@ -20,6 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default="pubsub,xread", help="delivery modes, in order")
     parser.add_argument("--phases", default=",".join(PHASES), help="idle,burst,steady")
     parser.add_argument("--redis-url", default=None, help="use this Redis (it is FLUSHED!)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a Redis Cluster: a private local one (3 primaries, a replica each), "
+        "or the one --redis-url names a node of",
+    )
+    parser.add_argument(
+        "--gateways", type=int, default=1, help="gateway processes; sockets spread over them"
+    )
+    parser.add_argument(
+        "--job-streams",
+        type=int,
+        default=None,
+        help="JOB_STREAMS for the run (default: 1, or 3 on a cluster)",
+    )
     parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG")
     parser.add_argument("--idle-sockets", type=int, default=defaults.idle_sockets)
     parser.add_argument("--idle-seconds", type=float, default=defaults.idle_seconds)
@@ -48,9 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, out: Path) -> int:
-    from service.bench.ab import ModeResult, burst_phase, idle_phase, overnight, steady_phase
-    from service.bench.harness import private_redis, running_stack
-    from service.bench.report import table, write_chart, write_json
+    from service.bench.ab import Topology, measure
+    from service.bench.report import shards_table, table, write_chart, write_json
 
     params = Params(
         idle_sockets=args.idle_sockets,
@@ -66,6 +81,11 @@ async def run(args: argparse.Namespace, out: Path) -> int:
     if bad := [m for m in modes if m not in ("pubsub", "xread")]:
         print(f"bench: unknown mode(s) {', '.join(bad)}", file=sys.stderr)
         return 2
+    if args.gateways < 1:
+        print("bench: --gateways must be at least 1", file=sys.stderr)
+        return 2
+    job_streams = args.job_streams or (3 if args.cluster else 1)
+    topology = Topology(args.cluster, args.gateways, job_streams)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     xread_env = {
@@ -73,20 +93,15 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         "XREAD_COUNT": str(args.xread_count),
         "XREAD_MAX_CONNECTIONS": str(max(10_000, params.idle_sockets + 100)),
     }
-    results: list[ModeResult] = []
     started = time.time()
-    async with private_redis(args.redis_url) as url:
-        for mode in modes:
-            result = ModeResult(mode)
-            async with running_stack(url, mode, xread_env) as stack:
-                if "idle" in phases:
-                    result.idle = await idle_phase(stack, params)
-                    result.overnight = overnight(result.idle)
-                if "burst" in phases:
-                    await burst_phase(stack, params, result)
-                if "steady" in phases:
-                    await steady_phase(stack, params, result)
-            results.append(result)
+    results = await measure(
+        args.redis_url,
+        topology,
+        modes,
+        phases=phases,
+        params=params,
+        extra_env=xread_env,
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     json_path, chart_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
     command = "python -m service bench " + " ".join(sys.argv[2:])
@@ -96,12 +111,16 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         results,
         {
             "command": command.strip(),
+            "topology": asdict(topology),
             "xread": {"block_ms": args.xread_block_ms, "count": args.xread_count},
             "seconds": time.time() - started,
         },
     )
     skipped = write_chart(chart_path, results)
+    print(f"{topology.label()}\n")
     print(table(results))
+    if args.cluster:
+        print(shards_table(results))
     print(f"\nfigures: {json_path}")
     print(f"chart:   {skipped or chart_path}")
     return 0

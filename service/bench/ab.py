@@ -15,31 +15,47 @@ from itertools import pairwise
 from typing import Any
 
 from service.bench.harness import (
+    CommandCount,
     Progress,
     Stack,
     close_all,
-    command_calls,
     connections_named,
     percentile_ms,
-    proc_stats,
+    private_cluster,
+    private_redis,
+    running_stack,
     sleep_with_progress,
     start_after_setup,
     until,
     watch_all,
     watch_all_live,
 )
+from service.bench.meter import costs, snapshot
 from service.bench.params import Params
-from service.bench.wsload import Received, WsProtocol, open_sockets
+from service.bench.wsload import Received, WsProtocol
 
 SEED_OVERNIGHT = {"before (XREAD block 100 ms)": 500_000, "after (XREAD block 15 s)": 2_500}
+
+
+@dataclass
+class Topology:
+    """Where a run's gateways and Redis are: one server or a cluster, how many gateways."""
+
+    cluster: bool = False
+    gateways: int = 1
+    job_streams: int = 1
+
+    def label(self) -> str:
+        redis = "Redis Cluster (3 primaries, 3 replicas)" if self.cluster else "one Redis"
+        return f"{redis}, {self.gateways} gateway(s), JOB_STREAMS={self.job_streams}"
 
 
 @dataclass
 class ModeResult:
     mode: str
     idle: dict[str, float] = field(default_factory=dict)
-    burst: dict[str, float] = field(default_factory=dict)
-    steady: dict[str, float] = field(default_factory=dict)
+    burst: dict[str, Any] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
     overnight: dict[str, float] = field(default_factory=dict)
     burst_latencies_ns: list[int] = field(default_factory=list)
     steady_latencies_ns: list[int] = field(default_factory=list)
@@ -58,18 +74,18 @@ async def idle_phase(stack: Stack, p: Params) -> dict[str, float]:
     progress = Progress(f"{stack.env['DELIVERY_MODE']}: idle")
     # No worker runs, so these jobs stay queued and silent.
     jobs = await stack.submit_many("echo", {}, p.idle_sockets, progress)
-    rss_empty, _ = proc_stats(stack.gateway_pid)
+    rss_empty = stack.gateways_rss_mib()
     sink = Received()
-    sockets = await open_sockets(stack.base, p.idle_sockets, sink)
+    sockets = await stack.open_sockets(p.idle_sockets, sink)
     watch_all(sockets, jobs)
     await until(lambda: sink.frames >= p.idle_sockets, 120)
     await settled(stack)
-    calls_0 = await command_calls(stack.client)
-    _, cpu_0 = proc_stats(stack.gateway_pid)
+    commands = await CommandCount(stack).begin()
+    cpu_0 = stack.gateways_cpu_s()
     await sleep_with_progress(p.idle_seconds, progress)
-    rss_1, cpu_1 = proc_stats(stack.gateway_pid)
-    calls = await command_calls(stack.client) - calls_0 - 1  # less the INFO measuring it
-    connections = await connections_named(stack.client, "resultcast-gateway")
+    rss_1, cpu_1 = stack.gateways_rss_mib(), stack.gateways_cpu_s()
+    calls = await commands.since()
+    connections = await connections_named(stack, "resultcast-gateway")
     progress.done()
     await close_all(sockets)
     socket_hours = p.idle_sockets * p.idle_seconds / 3600
@@ -91,7 +107,7 @@ async def settled(stack: Stack, quiet_s: float = 2.0, timeout_s: float = 120.0) 
     deadline = time.monotonic() + timeout_s
     previous = -1
     while time.monotonic() < deadline:
-        current = await connections_named(stack.client, "resultcast-gateway")
+        current = await connections_named(stack, "resultcast-gateway")
         if current == previous:
             return
         previous = current
@@ -135,14 +151,15 @@ async def _run_ticks(
     payload: dict[str, Any],
     expected: int,
     timeout_s: float,
-) -> tuple[Received, list[WsProtocol]]:
+) -> tuple[Received, list[WsProtocol], dict[str, Any]]:
     progress = Progress(label)
     sink = Received()
-    sockets = await open_sockets(stack.base, sockets_count, sink, keep_seqs=True)
+    sockets = await stack.open_sockets(sockets_count, sink, keep_seqs=True)
     with stack.worker(concurrency=sockets_count + 8):
         await stack.kind_registered("tick")
         jobs = await stack.submit_many("tick", payload, sockets_count, progress)
         await watch_all_live(sockets, jobs, sink)
+        before, delivered_before = await snapshot(stack), sink.events
         total = sockets_count * expected
         await until(
             lambda: sink.events >= total,
@@ -150,9 +167,10 @@ async def _run_ticks(
             progress=progress,
             fraction=lambda: sink.events / total,
         )
+        spent = costs(before, await snapshot(stack), sink.events - delivered_before)
     progress.done()
     await close_all(sockets)
-    return sink, sockets
+    return sink, sockets, spent
 
 
 async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
@@ -160,7 +178,7 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
     start_ns = start_after_setup(p.burst_jobs)
     payload = {"n": p.burst_events, "interval_ms": 0, "start_ns": start_ns}
     expected = p.burst_events + 1
-    sink, sockets = await _run_ticks(
+    sink, sockets, spent = await _run_ticks(
         stack,
         f"{result.mode}: burst",
         sockets_count=p.burst_jobs,
@@ -176,6 +194,7 @@ async def burst_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "delivered": sink.events,
         "events_per_s": sink.events / span_s,
         **delivery_figures(sink, sockets, expected),
+        **spent,
     }
 
 
@@ -184,7 +203,7 @@ async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
     n = max(1, int(p.steady_seconds * 1000 / interval_ms))
     start_ns = start_after_setup(p.steady_sockets)
     payload = {"n": n, "interval_ms": interval_ms, "start_ns": start_ns}
-    sink, sockets = await _run_ticks(
+    sink, sockets, spent = await _run_ticks(
         stack,
         f"{result.mode}: steady",
         sockets_count=p.steady_sockets,
@@ -198,9 +217,44 @@ async def steady_phase(stack: Stack, p: Params, result: ModeResult) -> None:
         "events_per_s": p.steady_rate,
         "events": sink.events,
         **delivery_figures(sink, sockets, n + 1),
+        **spent,
     }
 
 
 def overnight(idle: dict[str, float]) -> dict[str, float]:
     """Redis commands for one tab open 8 hours, from the idle phase's measured rate."""
     return {"commands_one_tab_8h": idle["commands_per_socket_hour"] * 8}
+
+
+async def measure(
+    redis_url: str | None,
+    topology: Topology,
+    modes: list[str],
+    *,
+    phases: set[str],
+    params: Params,
+    extra_env: dict[str, str] | None = None,
+) -> list[ModeResult]:
+    """The phases for each delivery mode, on a private Redis (or cluster) unless a URL is given."""
+    results: list[ModeResult] = []
+    redis_server = private_cluster if topology.cluster else private_redis
+    async with redis_server(redis_url) as url:
+        for mode in modes:
+            result = ModeResult(mode)
+            async with running_stack(
+                url,
+                mode,
+                extra_env,
+                cluster=topology.cluster,
+                gateways=topology.gateways,
+                job_streams=topology.job_streams,
+            ) as stack:
+                if "idle" in phases:
+                    result.idle = await idle_phase(stack, params)
+                    result.overnight = overnight(result.idle)
+                if "burst" in phases:
+                    await burst_phase(stack, params, result)
+                if "steady" in phases:
+                    await steady_phase(stack, params, result)
+            results.append(result)
+    return results

@@ -17,15 +17,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import redis.asyncio as redis
 
-from service.bench.wsload import Received, WsProtocol
+from service.bench.wsload import Received, WsProtocol, open_sockets
 from service.codec import event_frame
 from service.dev import free_port, spawn, start_redis, stop
 from service.keys import Keys
+from service.local_redis import LocalCluster
 from service.migrate import migrate
 from service.model import EventKind
 
@@ -123,15 +124,44 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-async def command_calls(client: redis.Redis) -> int:
-    """Commands Redis itself has executed, all clients together (INFO commandstats)."""
-    stats: Any = await client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
+class CommandCount:
+    """Commands the primaries execute for clients from `begin()` on (INFO commandstats): less
+    this meter's own INFO asks, and less replicas' acknowledgements (REPLCONF), which are
+    Redis's own traffic."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self._start = 0
+        self._asks = 0  # asks already executed, so counted by later ones
+
+    async def _total(self) -> int:
+        total = 0
+        for node in await self._stack.primaries():
+            async with node:
+                stats: Any = await node.info("commandstats")
+            calls = {name: int(v["calls"]) for name, v in stats.items()}
+            total += sum(calls.values()) - calls.get("cmdstat_replconf", 0)
+            self._asks += 1
+        return total
+
+    async def begin(self) -> CommandCount:
+        self._asks = 0
+        self._start = await self._total()
+        return self
+
+    async def since(self) -> int:
+        asks = self._asks
+        return await self._total() - self._start - asks
 
 
-async def connections_named(client: redis.Redis, name: str) -> int:
-    clients: Any = await client.client_list()
-    return sum(1 for c in clients if c.get("name") == name)
+async def connections_named(stack: Stack, name: str) -> int:
+    """Connections named `name` on every node (a cluster's replicas included)."""
+    count = 0
+    for node in await stack.nodes(primaries_only=False):
+        async with node:
+            clients: Any = await node.client_list()
+        count += sum(1 for c in clients if c.get("name") == name)
+    return count
 
 
 async def write_first_events(
@@ -183,13 +213,49 @@ async def close_all(sockets: list[WsProtocol]) -> None:
 
 @dataclass
 class Stack:
-    """A running gateway (and its Redis) for one delivery mode."""
+    """Running gateways (and their Redis, one server or a cluster) for one delivery mode."""
 
-    base: str
+    bases: list[str]
     redis_url: str
-    client: redis.Redis
+    client: Any  # redis.Redis, or redis.RedisCluster on a cluster
     env: dict[str, str]
-    gateway_pid: int
+    gateway_pids: list[int]
+    cluster: bool = False
+
+    @property
+    def base(self) -> str:
+        return self.bases[0]
+
+    @property
+    def gateway_pid(self) -> int:
+        return self.gateway_pids[0]
+
+    async def nodes(self, *, primaries_only: bool = True) -> list[redis.Redis]:
+        """A client of its own for each node (to close after use): the primaries, or all."""
+        if not self.cluster:
+            return [redis.Redis.from_url(self.redis_url, protocol=2)]
+        nodes = self.client.get_primaries() if primaries_only else self.client.get_nodes()
+        return [redis.Redis(host=n.host, port=n.port, protocol=2) for n in nodes]
+
+    async def primaries(self) -> list[redis.Redis]:
+        return await self.nodes()
+
+    def gateways_cpu_s(self) -> float:
+        return sum(proc_stats(pid)[1] for pid in self.gateway_pids)
+
+    def gateways_rss_mib(self) -> float:
+        return sum(proc_stats(pid)[0] for pid in self.gateway_pids)
+
+    async def open_sockets(
+        self, count: int, sink: Received, *, keep_seqs: bool = False
+    ) -> list[WsProtocol]:
+        """`count` sockets spread over the gateways: socket i on gateway i mod N, as a load
+        balancer's round robin would place them."""
+        per_gateway = [
+            await open_sockets(base, len(range(i, count, len(self.bases))), sink, keep_seqs)
+            for i, base in enumerate(self.bases)
+        ]
+        return [per_gateway[i % len(self.bases)][i // len(self.bases)] for i in range(count)]
 
     async def submit_many(
         self, kind: str, payload: dict[str, Any], count: int, progress: Progress | None = None
@@ -214,7 +280,16 @@ class Stack:
 
     @contextmanager
     def worker(self, concurrency: int) -> Iterator[subprocess.Popen[bytes]]:
-        process = spawn(
+        # BENCH_WORKER_LOG=path keeps the worker's log (at BENCH_LOG_LEVEL).
+        with open(os.environ.get("BENCH_WORKER_LOG") or os.devnull, "ab") as log_file:
+            process = self._spawn_worker(concurrency, log_file)
+        try:
+            yield process
+        finally:
+            stop(process)
+
+    def _spawn_worker(self, concurrency: int, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        return spawn(
             [
                 sys.executable,
                 "-m",
@@ -227,12 +302,8 @@ class Stack:
             ],
             self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log_file,
         )
-        try:
-            yield process
-        finally:
-            stop(process)
 
     async def kind_registered(self, kind: str) -> None:
         for _ in range(400):
@@ -256,38 +327,78 @@ async def private_redis(url: str | None) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
+async def private_cluster(url: str | None) -> AsyncIterator[str]:
+    """A private local Redis Cluster (three primaries, a replica each) unless `url` names a
+    node of one; yields a node's URL."""
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="resultcast-bench-cluster-") as tmp:
+        cluster = LocalCluster(Path(tmp))
+        try:
+            await asyncio.to_thread(cluster.start)
+            yield cluster.url
+        finally:
+            cluster.stop()
+
+
+@asynccontextmanager
 async def running_stack(
-    redis_url: str, mode: str, extra_env: dict[str, str] | None = None
+    redis_url: str,
+    mode: str,
+    extra_env: dict[str, str] | None = None,
+    *,
+    cluster: bool = False,
+    gateways: int = 1,
+    job_streams: int = 1,
 ) -> AsyncIterator[Stack]:
-    """Flush the benchmark Redis, migrate it, and run a gateway in `mode` against it."""
-    client = redis.Redis.from_url(redis_url, protocol=2)
+    """Flush the benchmark Redis (every primary of a cluster), migrate it, and run
+    `gateways` gateway processes in `mode` against it."""
+    keys = Keys(job_streams=job_streams)
+    client: Any = (
+        redis.RedisCluster.from_url(redis_url, protocol=2)
+        if cluster
+        else redis.Redis.from_url(redis_url, protocol=2)
+    )
     try:
-        await client.flushall()
-        await migrate(client, KEYS, report=lambda _line: None)
-        port = free_port()
+        if cluster:
+            await client.flushall(target_nodes=client.PRIMARIES)
+        else:
+            await client.flushall()
+        await migrate(client, keys, report=lambda _line: None)
         env = dict(
             os.environ,
             REDIS_URL=redis_url,
+            REDIS_CLUSTER="true" if cluster else "false",
+            JOB_STREAMS=str(job_streams),
             SECRET_KEY=secrets.token_hex(16),
             DELIVERY_MODE=mode,
             LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             **(extra_env or {}),
         )
-        base = f"http://127.0.0.1:{port}"
-        # BENCH_GATEWAY_LOG=path keeps the gateway's log (at BENCH_LOG_LEVEL) for a closer look.
+        # BENCH_GATEWAY_LOG=path keeps the gateways' log (at BENCH_LOG_LEVEL) for a closer look.
         log_path = os.environ.get("BENCH_GATEWAY_LOG")
-        with open(log_path or os.devnull, "ab") as log_file:  # noqa: ASYNC230 - once, at start
-            gateway = spawn(
-                [sys.executable, "-m", "service", "gateway", "--port", str(port)],
-                env,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
+        started: list[subprocess.Popen[bytes]] = []
+        bases: list[str] = []
         try:
-            await _wait_ready(base, gateway)
-            yield Stack(base, redis_url, client, env, gateway.pid)
+            with open(log_path or os.devnull, "ab") as log_file:  # noqa: ASYNC230 - at start
+                for _ in range(gateways):
+                    port = free_port()
+                    started.append(
+                        spawn(
+                            [sys.executable, "-m", "service", "gateway", "--port", str(port)],
+                            env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=log_file,
+                        )
+                    )
+                    bases.append(f"http://127.0.0.1:{port}")
+            for base, gateway in zip(bases, started, strict=True):
+                await _wait_ready(base, gateway)
+            yield Stack(bases, redis_url, client, env, [g.pid for g in started], cluster)
         finally:
-            stop(gateway)
+            for gateway in started:
+                stop(gateway)
     finally:
         await client.aclose()
 

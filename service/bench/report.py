@@ -29,6 +29,10 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("burst", "lost", "burst: lost events", "{:,.0f}"),
     ("burst", "duplicated", "burst: duplicated events", "{:,.0f}"),
     ("burst", "out_of_order", "burst: out-of-order events", "{:,.0f}"),
+    ("burst", "gateway_cpu_us_per_event", "burst: gateway CPU us per event", "{:,.1f}"),
+    ("burst", "redis_cpu_us_per_event", "burst: Redis CPU us per event", "{:,.1f}"),
+    ("burst", "replica_cpu_us_per_event", "burst: replicas' CPU us per event", "{:,.1f}"),
+    ("burst", "redis_bytes_in_per_event", "burst: gateway bytes in per event", "{:,.0f}"),
     ("steady", "p50_ms", "steady: latency p50 (ms)", "{:,.2f}"),
     ("steady", "p95_ms", "steady: latency p95 (ms)", "{:,.2f}"),
     ("steady", "p99_ms", "steady: latency p99 (ms)", "{:,.2f}"),
@@ -38,7 +42,7 @@ ROWS: list[tuple[str, str, str, str]] = [
 
 
 def _value(result: ModeResult, phase: str, key: str) -> float | None:
-    figures: dict[str, float] = getattr(result, phase)
+    figures: dict[str, Any] = getattr(result, phase)
     value = figures.get(key)
     return None if value is None else float(value)
 
@@ -73,6 +77,22 @@ def table(results: list[ModeResult]) -> str:
         "seed write-up, one tab overnight: "
         + ", ".join(f"{name} ~{count:,}" for name, count in SEED_OVERNIGHT.items())
     )
+    return "\n".join(lines)
+
+
+def shards_table(results: list[ModeResult]) -> str:
+    """Each primary's share of the burst's messages and of the keys: the balance of a cluster."""
+    lines = [f"\n{'burst, per primary':<24}{'messages':>10}{'share':>8}{'keys':>8}{'share':>8}"]
+    for result in results:
+        shards = result.burst.get("shards")
+        if not isinstance(shards, list):
+            continue
+        lines.append(f"{result.mode}:")
+        for shard in shards:
+            lines.append(
+                f"  {shard['primary']:<22}{shard['messages']:>10,}{shard['messages_share']:>8.0%}"
+                f"{shard['keys']:>8,}{shard['keys_share']:>8.0%}"
+            )
     return "\n".join(lines)
 
 

@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from service.bench.harness import command_calls
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, command_calls
 from tests.tcp_proxy import tcp_proxy
 from tests.ws_client import assert_exact, connect, submit
 

@@ -1,0 +1,82 @@
+"""Load on a cluster that a single Redis takes in its stride: many commands and pipelines at
+once from one process. redis-py's cluster client refuses a command when its node's
+connections are all busy, and a pipeline meeting that refusal closes the whole client;
+ours waits for a connection instead (`service.cluster_client`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.redis_client import RedisFactory
+from tests.cluster.test_cluster_faults import stack_on
+from tests.conftest import make_settings, wait_for
+from tests.redis_cluster import LocalCluster
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+async def test_commands_and_pipelines_wait_for_a_connection(cluster: LocalCluster) -> None:
+    settings = make_settings(cluster.url, redis_cluster=True, redis_max_connections=2)
+    client: Any = RedisFactory(settings, "worker").commands()
+
+    async def one(i: int) -> Any:
+        key = f"load:{{{i}}}"
+        if i % 4:
+            await client.set(key, i)
+            return int(await client.get(key))
+        pipe = client.pipeline()
+        pipe.set(key, i)
+        pipe.incr(key)
+        return (await pipe.execute())[1] - 1
+
+    try:
+        assert await asyncio.gather(*(one(i) for i in range(400))) == list(range(400))
+    finally:
+        await client.aclose()
+
+
+async def test_a_burst_of_jobs_on_a_cluster_is_neither_refused_nor_broken(
+    cluster: LocalCluster,
+) -> None:
+    """Submissions 32 at a time to one gateway, a worker at concurrency 58 over 3 streams:
+    every job is accepted and finishes (it used to be 503s and jobs failing on a closed
+    connection)."""
+    async with (
+        stack_on(cluster, concurrency=58, job_streams=3) as (_, [base]),
+        httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=32)) as http,
+    ):
+
+        async def submitted(i: int) -> tuple[str, str]:
+            body = {"kind": "count", "payload": {"n": 5, "interval_ms": 0}}
+            reply = await http.post("/jobs", json=body)
+            assert reply.status_code == 202, reply.text
+            return reply.json()["job"], reply.json()["token"]
+
+        jobs = await asyncio.gather(*(submitted(i) for i in range(250)))
+
+        async def all_done() -> bool:
+            replies = await asyncio.gather(
+                *(http.get(f"/jobs/{job}", params={"token": token}) for job, token in jobs)
+            )
+            return all(r.json()["status"] == "done" for r in replies)
+
+        await wait_for(all_done, timeout_s=60, interval_s=0.5, what="every job done")
