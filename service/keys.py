@@ -7,6 +7,7 @@ deployment routes the channel to the same shard as the stream.
     <prefix>:{<job>}:events   stream of the job's result events (entry id `<seq>-0`)
     <prefix>:{<job>}:meta     hash: status, kind, seq, attempts, created_ms, updated_ms
     <prefix>:{<job>}:n        channel: one message per event, the exact client frame
+    <prefix>:{<job>}:writer   a producer's lease on writing the job (SET NX PX)
     <prefix>:jobs             stream of submitted jobs, read by the `workers` group
     <prefix>:jobs:{<i>}       with JOB_STREAMS > 1, streams 1..N-1 of job intake (each its own
                               hash tag, so a cluster spreads them over its shards)
@@ -43,6 +44,9 @@ class Keys:
 
     def channel(self, job: str) -> str:
         return f"{self.prefix}:{{{job}}}:n"
+
+    def writer(self, job: str) -> str:
+        return f"{self.prefix}:{{{job}}}:writer"
 
     @property
     def channel_pattern(self) -> str:

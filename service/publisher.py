@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError
 
+from service.config import Settings
 from service.keys import Keys
 from service.model import EventKind
 from service.redis_client import backoff_s, is_transient
@@ -116,6 +117,16 @@ class EmitLimits:
         ]
 
 
+def emit_limits(settings: Settings) -> EmitLimits:
+    """The limits every writer of a deployment applies (resultcast's workers and producers)."""
+    return EmitLimits(
+        max_events=settings.max_events_per_job,
+        max_event_bytes=settings.max_event_bytes,
+        max_job_bytes=settings.max_job_bytes,
+        sharded=settings.redis_cluster,
+    )
+
+
 # A script call: its job's writer, its arguments, EVAL (not EVALSHA), the writer's generation.
 _Call = tuple["JobWriter", list[Any], bool, int]
 
@@ -157,7 +168,12 @@ class JobWriter:
         """Queue one event and return its seq; waits only when the queue is full."""
         if self.error is not None:
             raise self.error
-        payload = orjson.dumps(data)
+        return await self.emit_json(kind, orjson.dumps(data))
+
+    async def emit_json(self, kind: EventKind, payload: bytes) -> int:
+        """`emit` of data already serialised to JSON text."""
+        if self.error is not None:
+            raise self.error
         limit = self.emitter.limits.max_event_bytes
         if len(payload) > limit:
             # Refused here, before it takes queue space; the script checks the whole frame.

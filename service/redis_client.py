@@ -48,7 +48,7 @@ from service.server_identity import ServerIdentity, info_field
 
 log = logging.getLogger(__name__)
 
-Role = Literal["gateway", "worker", "migrate", "dev", "bench"]
+Role = Literal["gateway", "worker", "migrate", "dev", "bench", "producer"]
 T = TypeVar("T")
 
 BUSY_MESSAGE = "Server busy, please retry your request"

@@ -38,13 +38,13 @@ from service.migrate import migrate, require_layout
 from service.model import EventKind, JobStatus
 from service.publisher import (
     EmitError,
-    EmitLimits,
     Emitter,
     EventTooLarge,
     JobLost,
     JobTooLarge,
     JobWriter,
     TooManyEvents,
+    emit_limits,
     now_ms,
 )
 from service.redis_client import RedisFactory, backoff_s, redis_errors, retrying
@@ -84,12 +84,7 @@ class Worker:
             self.client,
             self.keys,
             ttl_s=self.settings.result_ttl_s,
-            limits=EmitLimits(
-                max_events=self.settings.max_events_per_job,
-                max_event_bytes=self.settings.max_event_bytes,
-                max_job_bytes=self.settings.max_job_bytes,
-                sharded=self.settings.redis_cluster,
-            ),
+            limits=emit_limits(self.settings),
         )
         self.running: dict[tuple[str, str], _Running] = {}  # by (stream, entry id)
         self._reserved = 0  # slots held by intake reads under way

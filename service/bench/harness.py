@@ -234,8 +234,21 @@ class Stack:
         """A client of its own for each node (to close after use): the primaries, or all."""
         if not self.cluster:
             return [redis.Redis.from_url(self.redis_url, protocol=2)]
-        nodes = self.client.get_primaries() if primaries_only else self.client.get_nodes()
-        return [redis.Redis(host=n.host, port=n.port, protocol=2) for n in nodes]
+        primaries = [(n.host, int(n.port)) for n in self.client.get_primaries()]
+        if primaries_only:
+            return [redis.Redis(host=host, port=port, protocol=2) for host, port in primaries]
+        # redis-py's slot map may leave replicas out: ask the cluster itself.
+        host, port = primaries[0]
+        async with redis.Redis(host=host, port=port, protocol=2) as first:
+            listing: Any = await first.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+        text = listing.decode() if isinstance(listing, bytes) else str(listing)
+        # Each line: id host:port@bus flags master ping pong epoch link-state slots...
+        addresses = [
+            line.split()[1].split("@", 1)[0].rsplit(":", 1)
+            for line in text.splitlines()
+            if line.strip() and "fail" not in line.split()[2] and line.split()[7] == "connected"
+        ]
+        return [redis.Redis(host=h, port=int(p), protocol=2) for h, p in addresses]
 
     async def primaries(self) -> list[redis.Redis]:
         return await self.nodes()

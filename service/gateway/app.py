@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -62,10 +62,23 @@ class GatewayApp:
         self.sessions = sessions
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/ws":
+        # Mounted under a path of another app, `/ws` is relative to the mount (`root_path`).
+        if scope["type"] == "websocket" and _route_path(scope) == "/ws":
             await self.websocket(scope, receive, send)
         else:
             await self.http(scope, receive, send)
+
+    def lifespan(self, _app: object = None) -> AbstractAsyncContextManager[None]:
+        """The gateway's resources (Redis clients, subscriber, hub) for as long as the block
+        runs: for a host app that mounts the gateway, whose own lifespan must start them
+        (Starlette and FastAPI do not run a mounted app's lifespan)."""
+        return cast(AbstractAsyncContextManager[None], self.http.router.lifespan_context(self.http))
+
+
+def _route_path(scope: Any) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def create_app(settings: Settings) -> GatewayApp:

@@ -12,10 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from service.keys import Keys
+from service.producer import AsyncProducer
 from service.redis_client import RedisFactory
 from tests.cluster.test_cluster_faults import stack_on
 from tests.conftest import make_settings, wait_for
 from tests.redis_cluster import LocalCluster
+from tests.ws_client import assert_exact, connect
 
 pytestmark = [
     pytest.mark.slow,
@@ -80,3 +83,23 @@ async def test_a_burst_of_jobs_on_a_cluster_is_neither_refused_nor_broken(
             return all(r.json()["status"] == "done" for r in replies)
 
         await wait_for(all_done, timeout_s=60, interval_s=0.5, what="every job done")
+
+
+async def test_a_producer_writes_on_a_cluster(cluster: LocalCluster) -> None:
+    """The producer's lease, script and SPUBLISH land on the job's shard; a gateway on the
+    cluster delivers them."""
+    settings = make_settings(cluster.url, redis_cluster=True)
+    async with (
+        AsyncProducer(settings=settings) as producer,
+        stack_on(cluster, concurrency=1) as (client, [base]),
+    ):
+        job, token = await producer.create(kind="report")
+        async with connect(base) as ws:
+            await ws.watch(job, token)
+            async with producer.open(job) as j:
+                for i in range(1, 101):
+                    await j.emit({"i": i})
+                await j.done({"count": 100})
+            frames = (await ws.events_until_terminal({job}))[job]
+        assert_exact(frames[1:], job, 100)
+        assert await client.hget(Keys().meta(job), "status") == b"done"

@@ -32,9 +32,18 @@ function seqOf(id) {
   return id ? Number.parseInt(id.split("-")[0], 10) || 0 : 0;
 }
 
-/** The gateway's WebSocket URL for a page served by it (or for `base`, an http(s) URL). */
-export function socketUrl(base = globalThis.location?.href) {
-  const url = new URL("/ws", base);
+/** Where the gateway that served this file answers: its root, also when it is mounted under
+ * a path of another app (the file is `<root>static/resultcast.js`). */
+const GATEWAY_ROOT = new URL("../", import.meta.url).href;
+
+/** `path` under the gateway's root, or under `base` (an http(s) URL of a gateway's root). */
+function gatewayUrl(path, base = GATEWAY_ROOT) {
+  return new URL(path, base.endsWith("/") ? base : `${base}/`);
+}
+
+/** The gateway's WebSocket URL: the one that served this file, or the one at `base`. */
+export function socketUrl(base = GATEWAY_ROOT) {
+  const url = gatewayUrl("ws", base);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   return url.href;
 }
@@ -217,11 +226,11 @@ export function watch(job, token, options) {
  * @param {{base?: string, apiKey?: string}} [options]
  * @returns {Promise<{job: string, token: string}>}
  */
-export async function submit(kind, payload, {base = sharedBase ?? globalThis.location?.href, apiKey} = {}) {
+export async function submit(kind, payload, {base = sharedBase ?? GATEWAY_ROOT, apiKey} = {}) {
   /** @type {Record<string, string>} */
   const headers = {"content-type": "application/json"};
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
-  const reply = await fetch(new URL("/jobs", base), {method: "POST", headers, body: JSON.stringify({kind, payload})});
+  const reply = await fetch(gatewayUrl("jobs", base), {method: "POST", headers, body: JSON.stringify({kind, payload})});
   const body = await reply.json().catch(() => ({}));
   if (!reply.ok) {
     const error = body.error ?? {code: "http_error", message: reply.statusText};
