@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -25,7 +27,7 @@ from service.producer import (
     Producer,
     TooManyEvents,
 )
-from tests.conftest import entries, make_settings
+from tests.conftest import ROOT, entries, make_settings
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
 from tests.ws_client import assert_exact, connect
@@ -222,3 +224,16 @@ def test_the_sync_producer_tells_the_caller_of_what_it_cannot_write(
             j.done()
             with pytest.raises(JobFinished):
                 j.done()
+
+
+def test_the_producer_needs_only_redis_and_orjson() -> None:
+    """Importing it pulls in none of the gateway's packages (a Celery worker has none)."""
+    code = (
+        "import sys, service.producer; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'starlette', 'uvicorn', 'prometheus_client', 'httpx', 'websockets', 'anyio'}))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert found.stdout.strip() == "[]", found.stdout

@@ -108,6 +108,10 @@ class LiveSink(Protocol):
     def report(self, jobs: list[str], error: ServiceError) -> None:
         """Redis trouble for these jobs' live frames (one error per watch and outage)."""
 
+    def server_changed(self, jobs: list[str]) -> None:
+        """These jobs now live on a server that may hold a different history than the one
+        already delivered (a promoted replica, a restarted node): check, then catch up."""
+
 
 class LiveSource(Protocol):
     """Where live frames come from.

@@ -336,6 +336,17 @@ class Hub:
         for job in self.feeds if jobs is None else jobs:
             self.request_catch_up(job, cause)
 
+    def server_changed(self, jobs: list[str]) -> None:
+        """A source saw these jobs' node change (on a cluster, identity is per node)."""
+        watched = [job for job in jobs if job in self.feeds]
+        if not watched:
+            return
+        for job in watched:
+            self.feeds[job].unverified = True
+        self._stats.failovers += 1
+        log.warning("checking %d watched job(s) against their new Redis node", len(watched))
+        self.missed(watched, "failover")
+
     async def run(self) -> None:
         """The catch-up task: runs until cancelled."""
         trips: set[asyncio.Task[None]] = set()

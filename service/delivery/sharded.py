@@ -16,6 +16,12 @@ primary killed, a network cut), a channel that Redis unsubscribes by itself (its
 to another primary) or an error reply (MOVED) makes the source re-read the cluster's slot map,
 subscribe each followed channel where it lives now, and report the jobs as missed once the
 new subscription is confirmed: the hub catches them up from their streams.
+
+Server identity is per node: each shard connection reads its node's run id and replication id
+when it connects. A channel confirmed on a node whose identity differs from the one it was last
+confirmed on (a promoted replica, a node restarted with other data, a slot moved to another
+primary) is reported as a server change for its job: the hub checks that job's watches
+against the node's data before it delivers live frames again.
 """
 
 from __future__ import annotations
@@ -36,8 +42,12 @@ from service.delivery.base import LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.redis_client import backoff_s
+from service.server_identity import info_field
 
 log = logging.getLogger(__name__)
+
+# A node's run id and replication id (the latter None when the node did not say).
+Identity = tuple[bytes, bytes | None]
 
 SMESSAGE = b"smessage"
 SSUBSCRIBE = b"ssubscribe"
@@ -57,6 +67,7 @@ class Shard:
         self._outgoing: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
         self.connected = False
+        self.identity: Identity | None = None  # of the node, read at each connect
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -113,6 +124,7 @@ class Shard:
 
     async def _serve(self, connection: redis.Connection) -> None:
         self._outgoing.clear()
+        self.identity = await self._read_identity(connection)
         self.connected = True
         if self.channels:
             commands = [("SSUBSCRIBE", channel) for channel in self.channels]
@@ -131,6 +143,18 @@ class Shard:
         finally:
             await stop_tasks([writer])
 
+    async def _read_identity(self, connection: redis.Connection) -> Identity | None:
+        """The node's run id and replication id: a restart or a promotion changes them."""
+        try:
+            await connection.send_command("INFO", "server", "replication")
+            info: Any = await connection.read_response()
+        except ResponseError as e:  # an ACL without INFO: position checks only
+            log.info("shard %s: cannot read the node's run id (%s)", self.name, e)
+            return None
+        info = info if isinstance(info, bytes) else str(info).encode()
+        run_id = info_field(info, b"run_id")
+        return None if run_id is None else (run_id, info_field(info, b"master_replid"))
+
     async def _write(self, connection: redis.Connection) -> None:
         while True:
             await self._wake.wait()
@@ -148,7 +172,7 @@ class Shard:
             if channel in self.channels and channel not in self._confirmed:
                 self._confirmed.add(channel)
                 # Anything published before this moment may have been missed here.
-                self._source.subscribed(channel)
+                self._source.subscribed(channel, self.identity)
         elif kind == SUNSUBSCRIBE and channel in self.channels:
             # Not asked for: Redis moved the channel's slot to another primary.
             self._confirmed.discard(channel)
@@ -167,7 +191,9 @@ class ShardedSource:
         self._sink: LiveSink | None = None
         self._shards: dict[str, Shard] = {}
         self._where: dict[bytes, Shard] = {}  # followed channel -> the shard holding it
-        self._ever_subscribed: set[bytes] = set()
+        # Followed channel -> the identity of the node it was last confirmed on (None: unknown).
+        self._seen_on: dict[bytes, Identity | None] = {}
+        self._changed: list[str] = []  # jobs whose node changed, to report together
         self._refresh: asyncio.Task[None] | None = None
         self._refresh_again = False
         self._stopping: set[asyncio.Task[None]] = set()
@@ -218,7 +244,7 @@ class ShardedSource:
     def unfollow(self, job: str) -> None:
         channel = self._keys.channel(job).encode()
         shard = self._where.pop(channel, None)
-        self._ever_subscribed.discard(channel)
+        self._seen_on.pop(channel, None)
         if shard is not None:
             shard.unsubscribe(channel)
 
@@ -229,13 +255,27 @@ class ShardedSource:
         if channel in self._where:
             self._sink.publish(self._keys.job_of_channel(channel), frame)
 
-    def subscribed(self, channel: bytes) -> None:
+    def subscribed(self, channel: bytes, identity: Identity | None) -> None:
         assert self._sink is not None
         if channel not in self._where:
             return
-        cause = "reconnect" if channel in self._ever_subscribed else "subscribe"
-        self._ever_subscribed.add(channel)
-        self._sink.missed([self._keys.job_of_channel(channel)], cause)
+        job = self._keys.job_of_channel(channel)
+        first = channel not in self._seen_on
+        before = self._seen_on.get(channel)
+        self._seen_on[channel] = identity
+        if not first and before is not None and identity is not None and identity != before:
+            # Another node, or this one restarted or promoted: what it holds for the job may
+            # not be what was delivered. Reported once per batch of confirmations.
+            self._changed.append(job)
+            if len(self._changed) == 1:
+                asyncio.get_running_loop().call_soon(self._report_changed)
+            return
+        self._sink.missed([job], "subscribe" if first else "reconnect")
+
+    def _report_changed(self) -> None:
+        jobs, self._changed = self._changed, []
+        if self._sink is not None and jobs:
+            self._sink.server_changed(jobs)
 
     def topology_changed(self) -> None:
         """Re-read the slot map soon, and move every followed channel to where it lives."""

@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from service.keys import Keys
+from service.local_redis import cli, info
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_cluster import LocalCluster, migrate_slot
 from tests.redis_servers import RedisServer
+from tests.test_metrics import samples
 from tests.ws_client import connect, submit
 
 pytestmark = [
@@ -129,6 +131,38 @@ async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mo
             assert moved >= 2  # the job's stream and meta hash (and nothing is lost)
             got = await watching
         assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
+
+
+async def test_a_replica_promoted_by_hand_is_checked_per_node(cluster: LocalCluster) -> None:
+    """CLUSTER FAILOVER: the job's slot moves to a promoted replica, a node with another run id
+    and replication id. Identity is per node: the gateway checks the job's watches against
+    that node's data before it delivers more live frames (a server change is counted), and
+    nothing is lost or repeated."""
+    async with stack_on(cluster, concurrency=8) as (client, [base]):
+        jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(3)]
+        job = jobs[0][0]
+        async with connect(base) as ws:
+            watching = await ws.watch_all(jobs, timeout_s=90)
+            await wait_for(lambda: _has_events(client, job), timeout_s=20, what="events")
+            primary = primary_of(cluster, client, KEYS.events(job))
+            replica = next(
+                n
+                for n in cluster.live_nodes()
+                if info(n.port, "replication").get("master_port") == str(primary.port)
+            )
+            cli(replica.port, "cluster", "failover", check=True)
+            await wait_for(
+                lambda: info(replica.port, "replication").get("role") == "master",
+                timeout_s=20,
+                what="the replica promoted",
+            )
+            got = await watching
+        assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
+        async with httpx.AsyncClient(base_url=base) as http:
+            found = samples((await http.get("/metrics")).text)
+        changes = sum(v for (name, _), v in found.items() if "redis_server_changes" in name)
+        checked = found[("resultcast_catch_ups_total", (("cause", "failover"), ("mode", "pubsub")))]
+        assert changes >= 1 and checked >= 1, (changes, checked)
 
 
 async def test_a_client_moves_between_two_gateways_mid_job(cluster: LocalCluster) -> None:

@@ -41,6 +41,9 @@ class Sink:
     def report(self, jobs: list[str], error: ServiceError) -> None:
         self.errors.append((jobs, error.code.value))
 
+    def server_changed(self, jobs: list[str]) -> None:
+        self.missed_calls.append((tuple(jobs), "failover"))
+
 
 def frame(job: str, seq: int) -> bytes:
     return event_frame(seq, job, EventKind.DATA, 1, b"{}")
