@@ -28,8 +28,14 @@ from service.config import Settings
 from service.delivery.base import LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
-from service.model import stream_id
-from service.redis_client import BLOCK_MARGIN_S, RedisFactory, backoff_s, map_redis_error
+from service.model import RedisAtCapacity, stream_id
+from service.redis_client import (
+    BLOCK_MARGIN_S,
+    CAPACITY_MESSAGE,
+    RedisFactory,
+    backoff_s,
+    map_redis_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class XreadSource:
         self._cursors: dict[str, int] = {}
         self._crashed: set[str] = set()  # jobs whose loop is backing off after a failure
         self._stopping: set[asyncio.Task[None]] = set()
+        self._node_readers = 0  # on a cluster: connections the loops hold now
 
     async def start(self, sink: LiveSink) -> None:
         self._sink = sink
@@ -118,7 +125,11 @@ class XreadSource:
         node = self._cluster.get_node_from_key(key)
         if node is None:
             raise RedisConnectionError(f"no cluster node serves {key}")
+        if self._node_readers >= self._settings.xread_max_connections:
+            # The same cap as the pool on one Redis: past it a watch is told `capacity`.
+            raise RedisAtCapacity(CAPACITY_MESSAGE)
         timeout_s = self._settings.xread_block_ms / 1000 + BLOCK_MARGIN_S
+        self._node_readers += 1
         return self._factory.node(node.host, int(node.port), socket_timeout=timeout_s), True
 
     async def _read_loop(self, job: str) -> None:
@@ -145,6 +156,7 @@ class XreadSource:
                 failures = await self._read(job, key, reader, failures)
             finally:
                 if own:
+                    self._node_readers -= 1
                     await reader.aclose()
 
     async def _read(self, job: str, key: str, reader: redis.Redis, failures: int) -> int:

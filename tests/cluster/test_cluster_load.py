@@ -18,7 +18,7 @@ from service.redis_client import RedisFactory
 from tests.cluster.test_cluster_faults import stack_on
 from tests.conftest import make_settings, wait_for
 from tests.redis_cluster import LocalCluster
-from tests.ws_client import assert_exact, connect
+from tests.ws_client import assert_exact, connect, submit
 
 pytestmark = [
     pytest.mark.slow,
@@ -103,3 +103,24 @@ async def test_a_producer_writes_on_a_cluster(cluster: LocalCluster) -> None:
             frames = (await ws.events_until_terminal({job}))[job]
         assert_exact(frames[1:], job, 100)
         assert await client.hget(Keys().meta(job), "status") == b"done"
+
+
+async def test_xread_on_a_cluster_keeps_to_its_connection_cap(cluster: LocalCluster) -> None:
+    """XREAD_MAX_CONNECTIONS holds on a cluster too (each loop has its own connection to its
+    job's primary): the loop past it tells its client `capacity`, retries, and every event
+    still arrives exactly once."""
+    async with stack_on(
+        cluster, concurrency=4, delivery_mode="xread", xread_max_connections=2, xread_block_ms=200
+    ) as (_, [base]):
+        long_jobs = [await submit(base, "count", {"n": 10, "interval_ms": 100}) for _ in range(2)]
+        third, third_token = await submit(base, "count", {"n": 3, "interval_ms": 600})
+        async with connect(base) as ws:
+            for job, token in [*long_jobs, (third, third_token)]:
+                await ws.watch(job, token)
+            jobs = {job for job, _ in long_jobs} | {third}
+            got = await ws.events_until_terminal(jobs, timeout_s=30)
+    errors = [f for frames in got.values() for f in frames if f["type"] == "error"]
+    assert errors and {e["code"] for e in errors} == {"capacity"}, errors
+    for job, _ in long_jobs:
+        assert_exact([f for f in got[job] if f["type"] == "event"], job, 10)
+    assert_exact([f for f in got[third] if f["type"] == "event"], third, 3)
