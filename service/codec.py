@@ -163,3 +163,26 @@ def job_body(job: str, status: str, frames: Iterable[bytes], *, more: bool = Fal
     head = encode({"job": job, "status": status})[:-1]
     tail = b'],"more":true}' if more else b"]}"
     return head + b',"events":[' + b",".join(frames) + tail
+
+
+# -- Server-Sent Events ------------------------------------------------------------------------
+
+SSE_KEEPALIVE = b": keepalive\n\n"
+SSE_RETRY = b"retry: 2000\n\n"  # the browser's reconnect delay; also sends the headers at once
+
+
+def _sse_data(frame: bytes) -> bytes:
+    # JSON may hold line breaks between tokens (data written by a producer as it likes):
+    # each line is its own `data:` field, which the client joins back with newlines.
+    if b"\n" in frame or b"\r" in frame:
+        frame = frame.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\ndata: ")
+    return b"data: " + frame + b"\n\n"
+
+
+def sse_message(frame: bytes) -> bytes:
+    """One SSE message for a frame the gateway sends: an event (`id:` its stream id, `event:`
+    its kind) or an error (`event: error`); the data is the frame as a WebSocket gets it."""
+    if frame.startswith(EVENT_PREFIX):
+        head = frame_head(frame)
+        return b"id: %d-0\nevent: %s\n%s" % (head.seq, head.kind.value.encode(), _sse_data(frame))
+    return b"event: error\n" + _sse_data(frame)

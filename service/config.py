@@ -79,6 +79,7 @@ class Settings:
     secret_key_fallbacks: tuple[str, ...] = _env("SECRET_KEY_FALLBACKS", _list, secret=True)
     api_keys: tuple[str, ...] = _env("API_KEYS", _list, secret=True)
     idle_timeout_s: float = _env("IDLE_TIMEOUT_S", _float)
+    sse_keepalive_s: float = _env("SSE_KEEPALIVE_S", _float)
     result_ttl_s: int = _env("RESULT_TTL_S", _int)
     key_prefix: str = _env("KEY_PREFIX", str)
     log_level: str = _env("LOG_LEVEL", str)
@@ -156,6 +157,7 @@ class Settings:
         """Reject values that parse but make no sense together."""
         positive = (
             "idle_timeout_s",
+            "sse_keepalive_s",
             "result_ttl_s",
             "max_body_bytes",
             "max_frame_bytes",
@@ -235,6 +237,7 @@ DEFAULTS: dict[str, Any] = {
     "secret_key_fallbacks": (),
     "api_keys": (),
     "idle_timeout_s": 300.0,
+    "sse_keepalive_s": 15.0,
     "result_ttl_s": 86400,
     "key_prefix": "rc",
     "log_level": "INFO",

@@ -88,6 +88,22 @@ class GatewayCollector(Collector):
             1 if self.ready() else 0,
         )
         yield counter("resultcast_sockets", "WebSocket connections accepted", s.sockets_total)
+        open_streams = GaugeMetricFamily(
+            "resultcast_streams_open",
+            "Client streams open, by transport (WebSocket, Server-Sent Events)",
+            labels=["mode", "transport"],
+        )
+        open_streams.add_metric([self.mode, "ws"], s.sockets_open)
+        open_streams.add_metric([self.mode, "sse"], s.sse_open)
+        yield open_streams
+        streams = CounterMetricFamily(
+            "resultcast_streams",
+            "Client streams accepted, by transport",
+            labels=["mode", "transport"],
+        )
+        streams.add_metric([self.mode, "ws"], s.sockets_total)
+        streams.add_metric([self.mode, "sse"], s.sse_total)
+        yield streams
         yield counter(
             "resultcast_events_delivered", "Event frames queued to sockets", s.events_delivered
         )

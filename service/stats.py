@@ -46,6 +46,8 @@ class LatencyHistogram:
 class GatewayStats:
     sockets_open: int = 0
     sockets_total: int = 0
+    sse_open: int = 0  # Server-Sent Events streams
+    sse_total: int = 0
     events_delivered: int = 0
     frames_sent: int = 0
     catch_ups: Counter[str] = field(default_factory=Counter)

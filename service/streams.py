@@ -71,6 +71,16 @@ class JobStore:
             return None
         return JobSnapshot(JobStatus(page.status), page.last_seq, page.frames, page.more)
 
+    async def position(self, job: str) -> tuple[JobStatus, int] | None:
+        """The job's status and last seq (one HMGET); None if the job is unknown."""
+        with redis_errors("read job", self._breaker):
+            status, seq = await retrying(
+                lambda: self._client.hmget(self._keys.meta(job), ["status", "seq"])
+            )
+        if status is None:
+            return None
+        return JobStatus(status.decode() if isinstance(status, bytes) else status), int(seq or 0)
+
     async def registered_kinds(self) -> set[str]:
         """Kinds that some worker has registered (built-in kinds are always known)."""
         with redis_errors("read kinds", self._breaker):

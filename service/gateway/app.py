@@ -22,6 +22,7 @@ from service.gateway.errors import HTTPFailure, error_response, service_error_re
 from service.gateway.health import Health
 from service.gateway.jobs import Intake
 from service.gateway.sessions import Sessions
+from service.gateway.sse import SseEndpoint
 from service.gateway.ws import WebSocketEndpoint
 from service.keys import Keys
 from service.metrics import CONTENT_TYPE, GatewayCollector, registry_with, render
@@ -180,6 +181,7 @@ def create_app(settings: Settings) -> GatewayApp:
         routes=[
             Route("/jobs", post_job, methods=["POST"]),
             Route("/jobs/{job}", get_job, methods=["GET"]),
+            Route("/jobs/{job}/events", SseEndpoint(gateway), methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -14,6 +14,7 @@ from service.model import JOB_ID_RE, seq_of_stream_id
 class CloseCode(IntEnum):
     """Why the gateway closes a client's connection (WebSocket close codes, RFC 6455)."""
 
+    NORMAL = 1000  # an event stream (SSE) whose job ended
     IDLE = 1000  # nothing sent or received for IDLE_TIMEOUT_S
     GOING_AWAY = 1001  # the gateway is shutting down
     POLICY = 1008  # too many bad frames, or an Origin that is not allowed

@@ -1,0 +1,254 @@
+"""Server-Sent Events: `GET /jobs/{job}/events`, one job's events over plain HTTP.
+
+A second transport beside the WebSocket, over the same hub: an `SseStream` is the `Watcher`
+of one job, and everything it sends goes through an `Outbox` (the same flow control, stall
+detection and single writer as a WebSocket client). What differs is only the framing (each
+frame becomes an SSE message, `service.codec.sse_message`), the start (token, limits and the
+job's existence are HTTP answers, before any byte of the stream), resume (`Last-Event-ID`),
+keepalive comments, and the end: after the terminal event, after `gone`, on shutdown or idle
+timeout the response simply ends, and a browser's `EventSource` reconnects with the id it
+last received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from service import codec, tokens
+from service.delivery.base import Delivery
+from service.gateway.errors import HTTPFailure
+from service.gateway.outbox import Outbox
+from service.gateway.protocol import CloseCode
+from service.model import ErrorCode, JobStatus, seq_of_stream_id
+from service.stats import GatewayStats
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    # Neither a cache nor a buffering proxy may hold the stream back.
+    (b"cache-control", b"no-cache, no-store, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class SseStream:
+    """One job's event stream to one HTTP client: the `Watcher` the hub delivers to."""
+
+    __slots__ = (
+        "__weakref__",
+        "_delivery",
+        "_done",
+        "_end_by",
+        "_last_event_at",
+        "_loop",
+        "_send",
+        "_settings",
+        "_stats",
+        "_wake",
+        "job",
+        "outbox",
+    )
+
+    def __init__(
+        self, job: str, send: Send, delivery: Delivery, settings: Settings, stats: GatewayStats
+    ) -> None:
+        self.job = job
+        self._send = send
+        self._delivery = delivery
+        self._settings = settings
+        self._stats = stats
+        self.outbox = Outbox(
+            self._send_frame,
+            self._send_end,
+            limit_bytes=settings.max_send_queue_bytes,
+            stall_timeout_s=settings.send_stall_timeout_s,
+            stats=stats,
+            on_drained=lambda: delivery.drained(self),
+            on_stalled=self._stalled,
+        )
+        self._done = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._end_by: float | None = None  # loop time by which the response must end
+        self._loop = asyncio.get_running_loop()
+        self._last_event_at = self._loop.time()
+
+    # -- the transport -------------------------------------------------------------------------
+
+    async def _send_frame(self, frame: bytes) -> None:
+        # JSON frames (events, errors) become SSE messages; SSE lines of our own pass as they are.
+        body = codec.sse_message(frame) if frame.startswith(b"{") else frame
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _send_end(self, _code: int, _reason: str) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._done.set()
+            self._wake.set()
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """End the response after what is queued. After the job's end a client that reads
+        slowly gets all of it (stall detection ends one that reads nothing); on shutdown,
+        idle or a stall the end must be sent within SHUTDOWN_GRACE_S."""
+        grace_s = 0.0 if code is CloseCode.TRY_LATER else self._settings.shutdown_grace_s
+        if code is not CloseCode.NORMAL:
+            end_by = self._loop.time() + grace_s
+            self._end_by = end_by if self._end_by is None else min(self._end_by, end_by)
+        self.outbox.close(code, reason)
+        self._wake.set()
+
+    async def run(self, receive: Receive) -> None:
+        """Until the response ends or the client goes: keepalives, idle timeout, disconnect."""
+        outbox, settings = self.outbox, self._settings
+        disconnected = asyncio.ensure_future(_disconnect(receive))
+        try:
+            while not self._done.is_set():
+                now = self._loop.time()
+                wake_at: float | None
+                if outbox.closing:
+                    if self._end_by is not None and now >= self._end_by:
+                        return  # the end could not be sent in time
+                    wake_at = self._end_by
+                else:
+                    idle_at = self._last_event_at + settings.idle_timeout_s
+                    if now >= idle_at:
+                        self.close(CloseCode.IDLE, "idle timeout")
+                        continue
+                    keepalive_at = outbox.last_sent_at + settings.sse_keepalive_s
+                    if now >= keepalive_at:
+                        if outbox.backlog_bytes == 0:
+                            outbox.put(codec.SSE_KEEPALIVE)
+                            continue
+                        keepalive_at = now + settings.sse_keepalive_s  # a send waits already
+                    wake_at = min(keepalive_at, idle_at)
+                self._wake.clear()
+                woken = asyncio.ensure_future(self._wake.wait())
+                finished, _ = await asyncio.wait(
+                    {woken, disconnected},
+                    timeout=None if wake_at is None else max(0.0, wake_at - now),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken.cancel()
+                if disconnected in finished:
+                    outbox.client_gone(1001)
+                    return
+        finally:
+            disconnected.cancel()
+            await outbox.finish(self._loop.time())
+            self._delivery.unwatch(self.job, self)
+
+    # -- Watcher -------------------------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> bool:
+        if self.outbox.offer(frame):
+            self._last_event_at = self._loop.time()
+            return True
+        return False
+
+    def room(self) -> int:
+        return self.outbox.room()
+
+    def watch_failed(self, job: str, code: ErrorCode, message: str) -> None:
+        self.outbox.put(codec.error(code, message, job))
+
+    def watch_ended(self, job: str) -> None:
+        self.close(CloseCode.NORMAL, "the job ended")
+
+    def watch_finished(self, job: str) -> None:
+        self.close(CloseCode.NORMAL, "the job had ended")
+
+    def _stalled(self) -> None:
+        self._stats.slow_client_closes += 1
+        log.info(
+            "ending an event stream that accepted nothing for %.0fs",
+            self._settings.send_stall_timeout_s,
+        )
+        self.outbox.drop_queued()  # the stream still holds them; EventSource resumes
+        self.close(CloseCode.TRY_LATER, "accepted nothing for too long")
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns once the client has gone (the request has no body left to read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class SseEndpoint:
+    """`GET /jobs/{job}/events`: checks, then streams until the job ends or the client goes."""
+
+    def __init__(self, gateway: Callable[[], Gateway]) -> None:
+        self._gateway = gateway
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        gateway = self._gateway()
+        settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
+        job = scope["path_params"]["job"]
+        after_seq = await self._check(gateway, scope, job)
+        if after_seq is None:  # the job had ended before that position: nothing will follow
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        stream = SseStream(job, send, gateway.delivery, settings, stats)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        sessions.add(stream)
+        stats.sse_open += 1
+        stats.sse_total += 1
+        try:
+            stream.outbox.put(codec.SSE_RETRY)
+            gateway.delivery.watch(job, stream, after_seq)
+            await stream.run(receive)
+        finally:
+            stats.sse_open -= 1
+            sessions.remove(stream)
+
+    async def _check(self, gateway: Gateway, scope: dict[str, Any], job: str) -> int | None:
+        """The position to stream from (None: the job ended at or before it), or an HTTP
+        error: the same answers as `GET /jobs/{job}`, and 503 when at capacity."""
+        settings = gateway.settings
+        query = _query(scope)
+        if not tokens.verify(job, query.get("token"), settings.token_keys):
+            raise HTTPFailure(403, ErrorCode.FORBIDDEN, "the token is not valid for this job")
+        after = _header(scope, b"last-event-id") or query.get("after")
+        try:
+            after_seq = seq_of_stream_id(after) if after else 0
+        except ValueError as e:
+            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
+        if gateway.sessions.shutting_down:
+            raise HTTPFailure(503, ErrorCode.UNAVAILABLE, "server shutting down, retry")
+        if len(gateway.sessions.open) >= settings.max_sockets:
+            log.warning("refusing an event stream: %d open, the limit", len(gateway.sessions.open))
+            raise HTTPFailure(503, ErrorCode.CAPACITY, "server at capacity, retry later")
+        position = await gateway.intake.store.position(job)
+        if position is None:
+            raise HTTPFailure(
+                404, ErrorCode.NOT_FOUND, "no such job (unknown, or its results expired)"
+            )
+        status, last_seq = position
+        if status in (JobStatus.DONE, JobStatus.FAILED) and after_seq >= last_seq:
+            return None
+        return after_seq
+
+
+def _query(scope: dict[str, Any]) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return dict(parse_qsl(raw, keep_blank_values=True))
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1")).strip() or None
+    return None
