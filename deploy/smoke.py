@@ -7,7 +7,9 @@ expects the gateway to close it with 1001 when it is stopped.
 SMOKE_MODE=resume (through the two-gateway proxy): watches a longer job, prints WAITING once
 events flow, and while gateways are restarted under it, reconnects through the proxy and
 resumes with `after` = the last id it saw; checks every event arrived exactly once, in order,
-and that it did have to resume. Standard library and `websockets` (in the image) only.
+and that it did have to resume; then reads a job as Server-Sent Events through the proxy,
+every event once and as it happens (not buffered). Standard library and `websockets` (in the
+image) only.
 """
 
 from __future__ import annotations
@@ -130,6 +132,31 @@ def resume_mode() -> int:
     if not closes:
         sys.exit("smoke: the socket was never closed: no gateway restart was seen")
     say(f"all {len(seqs)} events exactly once, in order, across {len(closes)} close(s) {closes}")
+    return sse_check()
+
+
+def sse_check() -> int:
+    """A Server-Sent Events stream through the same proxy: every event once, in order, and
+    each as it happens (the proxy must not buffer the stream until it ends)."""
+    n, interval_ms = 40, 50
+    job, token = submit(n, interval_ms)
+    url = f"{BASE}/jobs/{job}/events?token={token}"
+    seqs: list[int] = []
+    arrived: list[float] = []
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        if not reply.headers.get("Content-Type", "").startswith("text/event-stream"):
+            sys.exit(f"smoke: SSE answered {reply.headers.get('Content-Type')}")
+        for raw in reply:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                seqs.append(json.loads(line[6:])["seq"])
+                arrived.append(time.monotonic())
+    if seqs != list(range(1, n + 2)):
+        sys.exit(f"smoke: SSE expected seqs 1..{n + 1} once each, got {seqs}")
+    spread_s = arrived[-1] - arrived[0]
+    if spread_s < n * interval_ms / 1000 / 2:  # all at once: something buffered the stream
+        sys.exit(f"smoke: SSE events arrived within {spread_s:.2f} s: the stream was buffered")
+    say(f"SSE through {BASE}: {len(seqs)} events exactly once, as they happened ({spread_s:.1f} s)")
     return 0
 
 

@@ -6,6 +6,8 @@ Redis cost, the socket limit and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -240,3 +242,26 @@ async def test_a_stream_ends_on_shutdown_and_resumes_elsewhere(
         async with httpx.AsyncClient(base_url=other, timeout=30) as http:
             got += await read_events(http, job, token, last_event_id=got[-1].id)
     assert_exact(event_frames(got), job, 60)
+
+
+async def test_the_readmes_curl_example(server: RedisServer) -> None:
+    """`curl -N` as the README shows it: every event of a job, and curl ends with the job."""
+    curl = shutil.which("curl")
+    if curl is None:
+        if os.environ.get("CI"):
+            pytest.fail("curl is not installed")
+        pytest.skip("curl is not installed")
+    settings = settings_for(server, "pubsub")
+    async with running_worker(settings), running_gateway(settings) as base:
+        job, token = await submit(base, "count", {"n": 10, "interval_ms": 10})
+        url = f"{base}/jobs/{job}/events?token={token}"
+        process = await asyncio.create_subprocess_exec(
+            curl, "-N", "-s", url, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    lines = out.decode().splitlines()
+    assert [line for line in lines if line.startswith("id: ")] == [
+        f"id: {i}-0" for i in range(1, 12)
+    ]
+    assert "event: done" in lines
