@@ -17,13 +17,16 @@ import threading
 from collections.abc import AsyncIterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
+import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from service import tokens
 from service.config import Settings
+from service.gateway.server import uvicorn_config
 from service.model import new_job_id
 from tests import ws_client
 from tests.conftest import ROOT, wait_for
@@ -186,3 +189,78 @@ async def test_a_copy_of_the_module_on_another_origin_watches_jobs(
         app.shutdown()
         app.server_close()
     assert seqs == [1, 2, 3, 4, 5]
+
+
+FOLLOW = """async ([job, token, transport]) => {
+    const {Resultcast} = await import("/static/resultcast.js");
+    window.states = [];
+    const client = new Resultcast(undefined, {onState: (s) => window.states.push(s.state)});
+    window.seqs = [];
+    window.sources = () => [...client.watches.values()].filter((w) => w.source).length;
+    return await new Promise((resolve, reject) => client.watch(job, token, {
+        transport,
+        onEvent: (e) => window.seqs.push(e.seq),
+        onDone: () => resolve(window.seqs),
+        onError: (e) => { if (!e.transient) reject(new Error(e.code)); },
+    }));
+}"""
+
+
+async def test_an_event_source_watch_goes_on_across_a_gateway_restart(
+    browser: Browser, redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    """`transport: "sse"`: the browser's own EventSource, which reconnects by itself with
+    Last-Event-ID when the gateway restarts; no duplicate, no hole."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    page = await browser.new_page()
+    async with running_worker(settings):
+        with gateway_process(redis_server.url, port) as first:
+            await wait_for(lambda: ready(base), what="the gateway")
+            job, token = await ws_client.submit(base, "count", {"n": 60, "interval_ms": 50})
+            await page.goto(base)
+            following = asyncio.ensure_future(page.evaluate(FOLLOW, [job, token, "sse"]))
+            await page.wait_for_function("() => (window.seqs || []).length >= 8", timeout=15_000)
+            first.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(first.wait, 20)
+        with gateway_process(redis_server.url, port):
+            seqs = await asyncio.wait_for(following, 60)
+    assert seqs == list(range(1, 62)), seqs
+
+
+class RefuseWebSockets:
+    """A gateway behind something that refuses WebSocket upgrades (403), as some proxies do."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_the_client_falls_back_to_event_streams_when_websockets_are_refused(
+    browser: Browser, settings: Settings, migrated: redis.Redis
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = uvicorn_config(settings, "127.0.0.1", port)
+    config.app = RefuseWebSockets(config.app)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    page = await browser.new_page()
+    try:
+        async with running_worker(settings):
+            await wait_for(lambda: server.started, what="the gateway")
+            job, token = await ws_client.submit(base, "count", {"n": 20, "interval_ms": 20})
+            await page.goto(base)
+            seqs = await asyncio.wait_for(page.evaluate(FOLLOW, [job, token, "auto"]), 60)
+            states = await page.evaluate("() => window.states")
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 20)
+    assert seqs == list(range(1, 22)), seqs
+    assert states.count("reconnecting") >= 2, states  # it did try WebSockets first

@@ -6,7 +6,10 @@
 //
 // Guarantees it keeps for you: every event once, in `seq` order. When the socket drops (a
 // gateway restarting, a network blip) it reconnects with jittered backoff and watches again
-// from the last `id` it delivered, dropping anything it already delivered. No dependencies.
+// from the last `id` it delivered, dropping anything it already delivered. A watch may go
+// over Server-Sent Events instead (`transport: "sse"`, one EventSource per job), and with the
+// default `"auto"` it does once WebSocket connections keep failing to open (a proxy that
+// refuses upgrades); the guarantees are the same. No dependencies.
 
 /**
  * @typedef {{type: "event", job: string, id: string, seq: number,
@@ -15,6 +18,7 @@
  *   `transient` errors (busy, capacity, unavailable) need nothing from you: the watch goes on
  *   and every event still arrives. Any other error ends the watch.
  * @typedef {{after?: string | null,
+ *            transport?: "auto" | "ws" | "sse",
  *            onEvent?: (event: ResultEvent) => void,
  *            onDone?: (event: ResultEvent) => void,
  *            onError?: (error: ResultError) => void}} WatchOptions
@@ -24,6 +28,9 @@
  */
 
 const TRANSIENT = new Set(["busy", "capacity", "unavailable"]);
+// WebSocket connections that fail before they ever open, in a row, after which watches with
+// `transport: "auto"` (the default) move to Server-Sent Events (a proxy that refuses upgrades).
+const FALLBACK_AFTER = 3;
 // Close codes after which reconnecting would only be refused again.
 const FATAL_CLOSES = new Set([1008, 1009]);
 
@@ -58,7 +65,7 @@ export class Resultcast {
     this.url = url;
     this.onState = onState;
     this.maxDelayMs = maxDelayMs;
-    /** @type {Map<string, {token: string, lastId: string | null, lastSeq: number, options: WatchOptions}>} */
+    /** @type {Map<string, {token: string, lastId: string | null, lastSeq: number, options: WatchOptions, source: EventSource | null, retry: number}>} */
     this.watches = new Map();
     /** @type {WebSocket | null} */
     this.socket = null;
@@ -66,6 +73,13 @@ export class Resultcast {
     /** @type {SocketState} */
     this.state = "idle";
     this.timer = 0;
+    // The gateway's HTTP root, for Server-Sent Events (`<root>jobs/<job>/events`).
+    const root = new URL(url);
+    root.protocol = root.protocol === "wss:" ? "https:" : "http:";
+    root.pathname = root.pathname.replace(/ws$/, "");
+    this.root = root.href;
+    this.failedOpens = 0;  // WebSocket connections in a row that never opened
+    this.useSse = false;  // "auto" watches go over SSE since WebSockets kept failing
   }
 
   /**
@@ -77,19 +91,26 @@ export class Resultcast {
    */
   watch(job, token, options = {}) {
     const after = options.after ?? null;
-    this.watches.set(job, {token, lastId: after, lastSeq: seqOf(after), options});
-    if (this.socket?.readyState === WebSocket.OPEN) this.sendWatch(job);
+    const w = {token, lastId: after, lastSeq: seqOf(after), options, source: null, retry: 0};
+    this.watches.set(job, w);
+    if (this.overSse(w)) this.openSse(job, w);
+    else if (this.socket?.readyState === WebSocket.OPEN) this.sendWatch(job);
     else if (!this.socket && !this.timer) this.connect();
     return {unwatch: () => this.unwatch(job)};
   }
 
   /** @param {string} job */
   unwatch(job) {
-    if (this.watches.delete(job)) this.send({op: "unwatch", job});
+    const w = this.watches.get(job);
+    if (!w) return;
+    this.watches.delete(job);
+    if (w.source) w.source.close();
+    else this.send({op: "unwatch", job});
   }
 
-  /** Close the socket for good (a page that is done with it). */
+  /** Close the socket (and every event stream) for good (a page that is done with it). */
   close() {
+    for (const w of this.watches.values()) w.source?.close();
     this.watches.clear();
     clearTimeout(this.timer);
     this.timer = 0;
@@ -110,9 +131,10 @@ export class Resultcast {
     const socket = new WebSocket(this.url);
     this.socket = socket;
     socket.onopen = () => {
-      const resumed = [...this.watches].map(([job, w]) => ({job, after: w.lastId}));
+      this.failedOpens = 0;
+      const resumed = [...this.watches].filter(([, w]) => !w.source).map(([job, w]) => ({job, after: w.lastId}));
       this.setState({state: "connected", attempt: this.attempt, resumed: this.attempt ? resumed : []});
-      for (const job of this.watches.keys()) this.sendWatch(job);
+      for (const [job, w] of this.watches) if (!w.source) this.sendWatch(job);
     };
     socket.onmessage = (message) => {
       // The backoff starts over only once the gateway answers: one that accepts and closes
@@ -120,7 +142,80 @@ export class Resultcast {
       this.attempt = 0;
       this.receive(JSON.parse(message.data));
     };
-    socket.onclose = (close) => this.closed(socket, close.code);
+    let opened = false;
+    socket.addEventListener("open", () => { opened = true; });
+    socket.onclose = (close) => {
+      if (!opened) this.failedOpens += 1;
+      this.closed(socket, close.code);
+    };
+  }
+
+  /** @private Whether a watch goes over Server-Sent Events. */
+  overSse(w) {
+    const transport = w.options.transport ?? "auto";
+    return transport === "sse" || (transport === "auto" && this.useSse);
+  }
+
+  /** @private WebSockets keep failing: move the "auto" watches to Server-Sent Events. */
+  fallBack() {
+    this.useSse = true;
+    for (const [job, w] of this.watches) {
+      if (!w.source && this.overSse(w)) this.openSse(job, w);
+    }
+  }
+
+  /** @private One job's event stream; EventSource reconnects by itself with Last-Event-ID. */
+  openSse(job, w) {
+    const url = new URL(`jobs/${encodeURIComponent(job)}/events`, this.root);
+    url.searchParams.set("token", w.token);
+    if (w.lastId) url.searchParams.set("after", w.lastId);
+    const source = new EventSource(url);
+    w.source = source;
+    const onFrame = (message) => {
+      w.retry = 0;
+      this.receive(JSON.parse(message.data));
+    };
+    for (const kind of ["data", "done", "failed"]) source.addEventListener(kind, onFrame);
+    source.addEventListener("error", (event) => {
+      if (event instanceof MessageEvent && event.data) {  // an `event: error` from the gateway
+        onFrame(event);
+        return;
+      }
+      // A dropped connection EventSource retries by itself; one it gave up on (an HTTP
+      // error, or 204 once the job had ended) we ask about, once, to know which.
+      if (source.readyState === EventSource.CLOSED && this.watches.get(job) === w) {
+        this.sseRefused(job, w, url);
+      }
+    });
+  }
+
+  /** @private @param {string} job @param {any} w @param {URL} url */
+  async sseRefused(job, w, url) {
+    w.source = null;
+    if (w.lastId) url.searchParams.set("after", w.lastId);
+    const abort = new AbortController();
+    let reply = null;
+    try {
+      reply = await fetch(url, {signal: abort.signal});
+    } catch {
+      // the gateway is unreachable: try again below
+    }
+    abort.abort();  // a 200 would be a stream: we only wanted its status
+    if (this.watches.get(job) !== w) return;
+    if (reply && reply.status === 204) {  // nothing follows the position it asked for
+      this.watches.delete(job);
+      return;
+    }
+    if (reply && reply.status >= 400 && reply.status < 500) {
+      const body = await reply.json().catch(() => ({}));
+      const error = body.error ?? {code: "http_error", message: reply.statusText};
+      this.watches.delete(job);
+      w.options.onError?.({code: error.code, message: error.message, job, transient: false});
+      return;
+    }
+    const ceiling = Math.min(this.maxDelayMs, 250 * 2 ** w.retry);
+    w.retry += 1;
+    setTimeout(() => { if (this.watches.get(job) === w) this.openSse(job, w); }, ceiling / 2 + (Math.random() * ceiling) / 2);
   }
 
   /** @private @param {WebSocket} socket @param {number} code */
@@ -130,12 +225,17 @@ export class Resultcast {
     if (this.state === "closed") return;
     if (FATAL_CLOSES.has(code)) {
       const error = {code: "closed", message: `the gateway closed the socket (${code})`, transient: false};
-      for (const [job, w] of this.watches) w.options.onError?.({...error, job});
-      this.watches.clear();
+      for (const [job, w] of this.watches) {
+        if (w.source) continue;  // over SSE: not this socket's
+        w.options.onError?.({...error, job});
+        this.watches.delete(job);
+      }
       this.setState({state: "closed", attempt: 0, closeCode: code});
       return;
     }
-    if (!this.watches.size) {  // nothing to resume: connect again on the next watch
+    if (this.failedOpens >= FALLBACK_AFTER && !this.useSse) this.fallBack();
+    const overWs = [...this.watches.values()].filter((w) => !w.source);
+    if (!overWs.length) {  // nothing to resume: connect again on the next watch
       this.attempt = 0;
       this.setState({state: "idle", attempt: 0, closeCode: code});
       return;
@@ -170,12 +270,16 @@ export class Resultcast {
       w.options.onEvent?.(frame);
       if (frame.event !== "data") {
         this.watches.delete(frame.job);
+        w.source?.close();
         w.options.onDone?.(frame);
       }
     } else if (frame.type === "error") {
       const error = {code: frame.code, message: frame.message, job: frame.job, transient: TRANSIENT.has(frame.code)};
       if (w) {
-        if (!error.transient) this.watches.delete(frame.job);
+        if (!error.transient) {
+          this.watches.delete(frame.job);
+          w.source?.close();
+        }
         w.options.onError?.(error);
       } else if (frame.job === undefined) {
         for (const other of this.watches.values()) other.options.onError?.(error);
