@@ -1,4 +1,5 @@
-"""A Python client for resultcast: submit jobs over HTTP, watch their events over WebSocket.
+"""A Python client for resultcast: submit jobs over HTTP, watch their events over WebSocket
+(or Server-Sent Events: `watch(..., transport="sse")`).
 
     from service.client import submit, watch
 
@@ -24,7 +25,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -112,28 +113,83 @@ def backoff_s(attempt: int, cap_s: float) -> float:
     return ceiling / 2 + random.random() * ceiling / 2
 
 
+# WebSocket upgrades refused in a row (an HTTP answer other than 101), after which
+# `transport="auto"` moves to Server-Sent Events (a proxy that passes only plain HTTP).
+FALLBACK_AFTER = 3
+
+
+class _Position:
+    """Where a watch stands: what it yielded last (shared by both transports)."""
+
+    def __init__(self, after: str | None) -> None:
+        self.last_id, self.last_seq = after, seq_of(after)
+
+    def fresh(self, frame: dict[str, Any]) -> bool:
+        """True for an event not yielded yet (and records it); False for a repeat."""
+        if frame["seq"] <= self.last_seq:
+            return False
+        self.last_seq, self.last_id = frame["seq"], frame["id"]
+        return True
+
+
+def _error(frame: dict[str, Any], on_error: Callable[[ClientError], None] | None) -> None:
+    """An error frame: raise if it ends the watch, else tell `on_error`."""
+    error = ClientError(frame["code"], frame["message"])
+    if frame["code"] not in TRANSIENT:
+        raise WatchError(error.code, error.message)
+    if on_error is not None:
+        on_error(error)
+
+
 async def watch(
     job: str,
     token: str,
     after: str | None = None,
     *,
     base: str | None = None,
+    transport: Literal["ws", "sse", "auto"] = "auto",
     max_backoff_s: float = 10.0,
     on_error: Callable[[ClientError], None] | None = None,
     on_reconnect: Callable[[str | None, float], None] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every event of `job` after stream id `after` (all when None), live, until it ends.
 
-    `on_reconnect(last_id, delay_s)` is called before each reconnect; `on_error` with each
-    transient error the gateway reports (the watch goes on by itself).
+    `transport`: "ws" (a WebSocket), "sse" (Server-Sent Events over plain HTTP) or "auto" (a
+    WebSocket, and SSE once WebSocket connections keep failing to open). `on_reconnect(last_id,
+    delay_s)` is called before each reconnect; `on_error` with each transient error the
+    gateway reports (the watch goes on by itself).
     """
-    last_id, last_seq = after, seq_of(after)
-    attempt = 0
-    url = socket_url(base or default_base())
+    position = _Position(after)
+    base = base or default_base()
+    if transport != "sse":
+        async for frame in _over_websocket(
+            job, token, position, base, transport == "auto", max_backoff_s, on_error, on_reconnect
+        ):
+            yield frame
+            if frame["event"] in TERMINAL_EVENTS:
+                return
+        # Only "auto" gets here: WebSockets kept failing.
+    async for frame in _over_sse(job, token, position, base, max_backoff_s, on_error, on_reconnect):
+        yield frame
+
+
+async def _over_websocket(  # noqa: PLR0917 - one caller, the arguments of `watch`
+    job: str,
+    token: str,
+    position: _Position,
+    base: str,
+    may_fall_back: bool,
+    max_backoff_s: float,
+    on_error: Callable[[ClientError], None] | None,
+    on_reconnect: Callable[[str | None, float], None] | None,
+) -> AsyncIterator[dict[str, Any]]:
+    attempt = failed_opens = 0
+    url = socket_url(base)
     while True:
         try:
             async with websockets.connect(url, open_timeout=10, max_size=None) as ws:
-                request = {"op": "watch", "job": job, "token": token, "after": last_id}
+                failed_opens = 0
+                request = {"op": "watch", "job": job, "token": token, "after": position.last_id}
                 await ws.send(json.dumps(request))
                 async for raw in ws:
                     # The backoff starts over only once the gateway answers: one that accepts
@@ -144,18 +200,12 @@ async def watch(
                         continue
                     kind = frame.get("type")
                     if kind == "event":
-                        if frame["seq"] <= last_seq:
-                            continue  # delivered before the reconnect
-                        last_seq, last_id = frame["seq"], frame["id"]
-                        yield frame
-                        if frame["event"] in TERMINAL_EVENTS:
-                            return
+                        if position.fresh(frame):
+                            yield frame
+                            if frame["event"] in TERMINAL_EVENTS:
+                                return
                     elif kind == "error":
-                        error = ClientError(frame["code"], frame["message"])
-                        if frame["code"] not in TRANSIENT:
-                            raise WatchError(error.code, error.message)
-                        if on_error is not None:
-                            on_error(error)
+                        _error(frame, on_error)
         except ConnectionClosed as e:
             code = e.rcvd.code if e.rcvd is not None else None
             if code in FATAL_CLOSES:
@@ -164,10 +214,74 @@ async def watch(
                 raise WatchError("closed", message) from e
         except InvalidURI:
             raise
-        except (OSError, InvalidHandshake, TimeoutError):
+        except InvalidHandshake:
+            failed_opens += 1  # something answered HTTP but refused the upgrade
+            if may_fall_back and failed_opens >= FALLBACK_AFTER:
+                return
+        except (OSError, TimeoutError):
             pass  # the gateway is not there (yet): try again
         delay = backoff_s(attempt, max_backoff_s)
         attempt += 1
         if on_reconnect is not None:
-            on_reconnect(last_id, delay)
+            on_reconnect(position.last_id, delay)
         await asyncio.sleep(delay)
+
+
+async def _over_sse(  # noqa: PLR0917 - one caller, the arguments of `watch`
+    job: str,
+    token: str,
+    position: _Position,
+    base: str,
+    max_backoff_s: float,
+    on_error: Callable[[ClientError], None] | None,
+    on_reconnect: Callable[[str | None, float], None] | None,
+) -> AsyncIterator[dict[str, Any]]:
+    attempt = 0
+    url = f"{base.rstrip('/')}/jobs/{job}/events"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
+        while True:
+            headers = {"Last-Event-ID": position.last_id} if position.last_id else {}
+            try:
+                async with http.stream(
+                    "GET", url, params={"token": token}, headers=headers
+                ) as reply:
+                    if reply.status_code == 204:
+                        return  # the job had ended at or before this position
+                    if reply.status_code != 200:
+                        body = json.loads(await reply.aread() or b"{}").get("error", {})
+                        frame = {
+                            "code": body.get("code", "http_error"),
+                            "message": body.get("message", reply.reason_phrase),
+                        }
+                        _error(frame, on_error)  # raises unless transient (503)
+                    else:
+                        attempt = 0
+                        async for kind, data in _sse_messages(reply):
+                            frame = json.loads(data)
+                            if kind == "error":
+                                _error(frame, on_error)
+                            elif position.fresh(frame):
+                                yield frame
+                                if frame["event"] in TERMINAL_EVENTS:
+                                    return
+            except httpx.TransportError:
+                pass  # the gateway is not there (yet), or the stream broke: resume
+            delay = backoff_s(attempt, max_backoff_s)
+            attempt += 1
+            if on_reconnect is not None:
+                on_reconnect(position.last_id, delay)
+            await asyncio.sleep(delay)
+
+
+async def _sse_messages(reply: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of each message with data, as an EventSource dispatches them."""
+    kind, data = "message", list[str]()
+    async for line in reply.aiter_lines():
+        if not line:
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", []
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))

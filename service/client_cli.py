@@ -25,6 +25,13 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     watch.add_argument("--after", help="start after this event id (default: from the first)")
     watch.add_argument("--url", default=url, help=url_help)
+    watch.add_argument(
+        "--transport",
+        choices=("auto", "ws", "sse"),
+        default="auto",
+        help="WebSocket, Server-Sent Events, or a WebSocket that falls back to SSE when "
+        "upgrades are refused (default: auto)",
+    )
 
     submit = commands.add_parser("submit", help="submit a job; prints {job, token} as JSON")
     submit.add_argument("kind", help="the job kind, e.g. count")
@@ -43,7 +50,12 @@ async def _watch(args: argparse.Namespace) -> int:
 
     try:
         async for event in watch(
-            args.job, args.token, args.after, base=args.url, on_reconnect=reconnecting
+            args.job,
+            args.token,
+            args.after,
+            base=args.url,
+            transport=args.transport,
+            on_reconnect=reconnecting,
         ):
             print(json.dumps(event, separators=(",", ":")), flush=True)
             if event["event"] == "failed":

@@ -126,3 +126,17 @@ async def ready(base: str) -> bool:
             return (await http.get("/readyz")).status_code == 200
     except httpx.TransportError:
         return False
+
+
+class RefuseWebSockets:
+    """A gateway behind something that refuses WebSocket upgrades (403), as some proxies do."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.app(scope, receive, send)

@@ -11,13 +11,21 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+import uvicorn
 from websockets.asyncio.server import ServerConnection, serve
 
 from service.client import ClientError, WatchError, socket_url, submit, watch
 from service.config import Settings
+from service.gateway.server import uvicorn_config
 from service.model import is_job_id, new_job_id
 from tests.conftest import PYTHON, ROOT, service_env, wait_for
-from tests.processes import gateway_process, ready, running_gateway, running_worker
+from tests.processes import (
+    RefuseWebSockets,
+    gateway_process,
+    ready,
+    running_gateway,
+    running_worker,
+)
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact
 
@@ -28,8 +36,9 @@ def test_socket_urls() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_watch_survives_a_gateway_restart_mid_job(
-    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis, transport: Any
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -39,7 +48,11 @@ async def test_watch_survives_a_gateway_restart_mid_job(
 
     async def follow(job: str, token: str) -> None:
         async for event in watch(
-            job, token, base=base, on_reconnect=lambda i, _: reconnects.append(i)
+            job,
+            token,
+            base=base,
+            transport=transport,
+            on_reconnect=lambda i, _: reconnects.append(i),
         ):
             events.append(event)
             if len(events) == 10:
@@ -71,6 +84,37 @@ async def test_errors_that_end_a_watch_are_raised(
             async for _ in watch(job.job, "forged-token", base=base):
                 pass
         assert ended.value.code == "unauthorized"
+        with pytest.raises(WatchError) as refused_stream:
+            async for _ in watch(job.job, "forged-token", base=base, transport="sse"):
+                pass
+        assert refused_stream.value.code == "forbidden"
+
+
+async def test_auto_falls_back_to_event_streams_when_upgrades_are_refused(
+    settings: Settings, migrated: redis.Redis
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = uvicorn_config(settings, "127.0.0.1", port)
+    config.app = RefuseWebSockets(config.app)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    reconnects: list[str | None] = []
+    try:
+        async with running_worker(settings):
+            await wait_for(lambda: server.started, what="the gateway")
+            job = await submit("count", {"n": 12, "interval_ms": 10}, base=base)
+            events = [
+                e
+                async for e in watch(
+                    job.job, job.token, base=base, on_reconnect=lambda i, _: reconnects.append(i)
+                )
+            ]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 20)
+    assert_exact(events, job.job, 12)
+    assert len(reconnects) >= 2  # it tried WebSockets first
 
 
 async def test_the_cli_prints_events_as_json_lines(
@@ -99,6 +143,11 @@ async def test_the_cli_prints_events_as_json_lines(
         assert rc == 1 and json.loads(out)["event"] == "failed", err
         rc, _, err = await cli("watch", job["job"], "--token", "forged", "--url", base)
         assert rc == 2 and "unauthorized" in err
+        rc, out, err = await cli(
+            "watch", job["job"], f"--token={job['token']}", "--url", base, "--transport", "sse"
+        )
+        assert rc == 0, err
+        assert_exact([json.loads(line) for line in out.splitlines()], job["job"], 3)
 
 
 def test_the_client_needs_none_of_the_server_packages() -> None:

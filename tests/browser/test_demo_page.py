@@ -17,7 +17,6 @@ import threading
 from collections.abc import AsyncIterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -30,7 +29,13 @@ from service.gateway.server import uvicorn_config
 from service.model import new_job_id
 from tests import ws_client
 from tests.conftest import ROOT, wait_for
-from tests.processes import gateway_process, ready, running_gateway, running_worker
+from tests.processes import (
+    RefuseWebSockets,
+    gateway_process,
+    ready,
+    running_gateway,
+    running_worker,
+)
 from tests.redis_servers import RedisServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -226,20 +231,6 @@ async def test_an_event_source_watch_goes_on_across_a_gateway_restart(
         with gateway_process(redis_server.url, port):
             seqs = await asyncio.wait_for(following, 60)
     assert seqs == list(range(1, 62)), seqs
-
-
-class RefuseWebSockets:
-    """A gateway behind something that refuses WebSocket upgrades (403), as some proxies do."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await self.app(scope, receive, send)
 
 
 async def test_the_client_falls_back_to_event_streams_when_websockets_are_refused(
