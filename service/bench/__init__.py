@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateways", type=int, default=1, help="gateway processes; sockets spread over them"
     )
     parser.add_argument(
+        "--transport",
+        choices=("ws", "sse"),
+        default="ws",
+        help="clients watch over WebSocket or Server-Sent Events",
+    )
+    parser.add_argument(
         "--job-streams",
         type=int,
         default=None,
@@ -85,7 +91,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         print("bench: --gateways must be at least 1", file=sys.stderr)
         return 2
     job_streams = args.job_streams or (3 if args.cluster else 1)
-    topology = Topology(args.cluster, args.gateways, job_streams)
+    topology = Topology(args.cluster, args.gateways, job_streams, args.transport)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     xread_env = {

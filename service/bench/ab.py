@@ -18,6 +18,7 @@ from service.bench.harness import (
     CommandCount,
     Progress,
     Stack,
+    all_live,
     close_all,
     connections_named,
     percentile_ms,
@@ -27,8 +28,6 @@ from service.bench.harness import (
     sleep_with_progress,
     start_after_setup,
     until,
-    watch_all,
-    watch_all_live,
 )
 from service.bench.meter import costs, snapshot
 from service.bench.params import Params
@@ -44,10 +43,15 @@ class Topology:
     cluster: bool = False
     gateways: int = 1
     job_streams: int = 1
+    transport: str = "ws"  # how clients watch: WebSocket, or Server-Sent Events ("sse")
 
     def label(self) -> str:
         redis = "Redis Cluster (3 primaries, 3 replicas)" if self.cluster else "one Redis"
-        return f"{redis}, {self.gateways} gateway(s), JOB_STREAMS={self.job_streams}"
+        clients = "WebSocket" if self.transport == "ws" else "Server-Sent Events"
+        return (
+            f"{redis}, {self.gateways} gateway(s), JOB_STREAMS={self.job_streams}, "
+            f"clients over {clients}"
+        )
 
 
 @dataclass
@@ -76,8 +80,7 @@ async def idle_phase(stack: Stack, p: Params) -> dict[str, float]:
     jobs = await stack.submit_many("echo", {}, p.idle_sockets, progress)
     rss_empty = stack.gateways_rss_mib()
     sink = Received()
-    sockets = await stack.open_sockets(p.idle_sockets, sink)
-    watch_all(sockets, jobs)
+    sockets = await stack.open_watchers(jobs, sink)
     await until(lambda: sink.frames >= p.idle_sockets, 120)
     await settled(stack)
     commands = await CommandCount(stack).begin()
@@ -154,11 +157,11 @@ async def _run_ticks(
 ) -> tuple[Received, list[WsProtocol], dict[str, Any]]:
     progress = Progress(label)
     sink = Received()
-    sockets = await stack.open_sockets(sockets_count, sink, keep_seqs=True)
     with stack.worker(concurrency=sockets_count + 8):
         await stack.kind_registered("tick")
         jobs = await stack.submit_many("tick", payload, sockets_count, progress)
-        await watch_all_live(sockets, jobs, sink)
+        sockets = await stack.open_watchers(jobs, sink, keep_seqs=True)
+        await all_live(sockets, sink)
         before, delivered_before = await snapshot(stack), sink.events
         total = sockets_count * expected
         await until(
@@ -249,6 +252,7 @@ async def measure(
                 gateways=topology.gateways,
                 job_streams=topology.job_streams,
             ) as stack:
+                stack.transport = topology.transport
                 if "idle" in phases:
                     result.idle = await idle_phase(stack, params)
                     result.overnight = overnight(result.idle)

@@ -22,6 +22,7 @@ from typing import IO, Any
 import httpx
 import redis.asyncio as redis
 
+from service.bench.sseload import open_streams
 from service.bench.wsload import Received, WsProtocol, open_sockets
 from service.codec import event_frame
 from service.dev import free_port, spawn, start_redis, stop
@@ -200,7 +201,13 @@ async def watch_all_live(
 ) -> None:
     """Watch, wait for every `watching` frame, and count latency from that moment on."""
     watch_all(sockets, jobs)
-    await until(lambda: sink.frames - sink.events >= len(sockets), 120)
+    await all_live(sockets, sink)
+
+
+async def all_live(watchers: list[WsProtocol], sink: Received) -> None:
+    """Wait until every watch answered (`watching`, or an event stream's opening), and count
+    latency from that moment on."""
+    await until(lambda: sink.frames - sink.events >= len(watchers), 120)
     sink.live_from_ns = time.time_ns()
 
 
@@ -221,6 +228,7 @@ class Stack:
     env: dict[str, str]
     gateway_pids: list[int]
     cluster: bool = False
+    transport: str = "ws"  # how the clients watch: "ws" or "sse"
 
     @property
     def base(self) -> str:
@@ -258,6 +266,22 @@ class Stack:
 
     def gateways_rss_mib(self) -> float:
         return sum(proc_stats(pid)[0] for pid in self.gateway_pids)
+
+    async def open_watchers(
+        self, jobs: list[tuple[str, str]], sink: Received, *, keep_seqs: bool = False
+    ) -> list[WsProtocol]:
+        """One client per job, watching it, spread over the gateways: a WebSocket that sends
+        its watch, or an event stream (`transport`)."""
+        if self.transport == "ws":
+            sockets = await self.open_sockets(len(jobs), sink, keep_seqs=keep_seqs)
+            watch_all(sockets, jobs)
+            return sockets
+        n = len(self.bases)
+        per_gateway = [
+            await open_streams(base, jobs[i::n], sink, keep_seqs)
+            for i, base in enumerate(self.bases)
+        ]
+        return [per_gateway[i % n][i // n] for i in range(len(jobs))]
 
     async def open_sockets(
         self, count: int, sink: Received, *, keep_seqs: bool = False

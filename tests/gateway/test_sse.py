@@ -265,3 +265,14 @@ async def test_the_readmes_curl_example(server: RedisServer) -> None:
         f"id: {i}-0" for i in range(1, 12)
     ]
     assert "event: done" in lines
+
+
+async def test_a_stream_without_events_ends_after_the_idle_timeout(server: RedisServer) -> None:
+    """Keepalives keep proxies from cutting the stream, but do not keep it open forever: after
+    IDLE_TIMEOUT_S without an event the response ends (an EventSource reconnects)."""
+    settings = settings_for(server, "pubsub", idle_timeout_s=0.6, sse_keepalive_s=0.2)
+    async with running_gateway(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        job, token = await submit(base, "sleep", {"seconds": 60})  # no worker: silent
+        async with http.stream("GET", f"/jobs/{job}/events", params={"token": token}) as r:
+            got = [m async for m in messages(r)]  # returns once the response has ended
+    assert got and all(m.comment == "keepalive" for m in got)
