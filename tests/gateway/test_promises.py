@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,14 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from service.client import ClientError, watch
+from service.handlers import Job
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_stack
 from tests.redis_servers import RedisServer
+from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect, submit
 
 
@@ -39,6 +43,10 @@ async def test_one_socket_past_max_sockets_is_closed_with_1013(tmp_path: Path) -
                 1013,
                 "server at capacity, retry later",
             )
+            async with httpx.AsyncClient(base_url=base) as http:
+                found = samples((await http.get("/metrics")).text)
+            closes = (("code", "1013"), ("mode", "pubsub"))
+            assert found[("resultcast_socket_closes_total", closes)] == 1
         # Once the others are gone there is room again.
         job, token = await submit(base, "count", {"n": 3})
         async with connect(base) as again:
@@ -104,3 +112,50 @@ async def test_every_503_says_when_to_retry(tmp_path: Path) -> None:
         assert reply.status_code == 503, (route, reply.status_code, reply.text)
         assert reply.headers.get("retry-after"), route
         assert reply.json()["error"]["code"] in ("busy", "unavailable", "capacity"), route
+
+
+async def chatty(job: Job) -> Any:
+    """Emits more events than a job may hold (the gateway refuses a `count` that would)."""
+    for i in range(1, 21):
+        await job.emit({"i": i})
+    return {"count": 20}
+
+
+async def test_a_job_over_max_events_per_job_is_failed_with_a_message(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, max_events_per_job=5, handlers={"chatty": chatty}) as base:
+        await wait_for(lambda: _kind_known(base), what="the worker to register its kind")
+        job, token = await submit(base, "chatty", {})
+        async with connect(base) as ws:
+            await ws.watch(job, token)
+            frames = (await ws.events_until_terminal({job}))[job][1:]
+    assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5, 6]
+    assert frames[-1]["event"] == "failed"
+    assert frames[-1]["data"] == {"message": "job exceeded the limit of 5 events"}
+
+
+async def test_the_python_clients_on_error_gets_transient_errors_and_the_watch_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Two watches and one XREAD connection: one watch is told `capacity` (transient), its
+    `on_error` hears it, and both still get every event."""
+    async with running_stack(
+        tmp_path, delivery_mode="xread", xread_max_connections=1, xread_block_ms=200
+    ) as base:
+        jobs = [await submit(base, "count", {"n": 8, "interval_ms": 100}) for _ in range(2)]
+        heard: list[ClientError] = []
+
+        async def follow(job: str, token: str) -> list[dict[str, Any]]:
+            return [
+                e async for e in watch(job, token, base=base, transport="ws", on_error=heard.append)
+            ]
+
+        results = await asyncio.gather(*(follow(job, token) for job, token in jobs))
+    for (job, _), events in zip(jobs, results, strict=True):
+        assert_exact(events, job, 8)
+    assert heard and {e.code for e in heard} == {"capacity"}, heard
+
+
+async def _kind_known(base: str) -> bool:
+    async with httpx.AsyncClient(base_url=base) as http:
+        reply = await http.post("/jobs", json={"kind": "chatty", "payload": {"probe": True}})
+    return reply.status_code == 202
