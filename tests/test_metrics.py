@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
+from service.keys import Keys
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker, service_process
 from tests.redis_servers import RedisServer, command_calls, free_port
@@ -107,3 +109,74 @@ async def test_worker_exports_jobs_and_queue_depth(
     assert found[("resultcast_events_written_total", ())] == 4
     assert found[("resultcast_jobs_waiting", ())] == 0
     assert found[("resultcast_jobs_pending", (("group", "workers"),))] == 0
+
+
+async def test_a_dropped_subscriber_is_counted_and_its_jobs_caught_up(
+    settings: Settings, migrated: redis.Redis
+) -> None:
+    """`subscriber_reconnects_total` and `catch_ups{cause="reconnect"}` move when the Pub/Sub
+    connection is really dropped (CLIENT KILL), and the watch still gets every event."""
+    async with running_worker(settings), running_gateway(settings) as base:
+        job, token = await submit(base, "count", {"n": 30, "interval_ms": 20})
+        async with connect(base) as ws, httpx.AsyncClient(base_url=base) as http:
+            await ws.watch(job, token)
+            collecting = asyncio.create_task(ws.events_until_terminal({job}))
+            await wait_for(lambda: _has_events(migrated, job), what="events to flow")
+            killed = await migrated.client_kill_filter(_type="pubsub")
+            assert int(killed) == 1
+
+            async def counted() -> dict[Any, float] | None:
+                found = samples((await http.get("/metrics")).text)
+                return found if found[(_RECONNECTS, (("mode", "pubsub"),))] >= 1 else None
+
+            found = await wait_for(counted, what="the reconnect to be counted")
+            got = await collecting
+    assert_exact(got[job][1:], job, 30)
+    assert found[("resultcast_catch_ups_total", (("cause", "reconnect"), ("mode", "pubsub")))] >= 1
+
+
+_RECONNECTS = "resultcast_subscriber_reconnects_total"
+
+
+async def _has_events(client: redis.Redis, job: str) -> bool:
+    return bool(await client.xlen(Keys().events(job)) >= 3)
+
+
+async def test_xread_mode_labels_its_figures(settings: Settings, migrated: redis.Redis) -> None:
+    settings = make_settings(settings.redis_url, delivery_mode="xread", xread_block_ms=200)
+    async with running_worker(settings), running_gateway(settings) as base:
+        job, token = await submit(base, "count", {"n": 5})
+        async with connect(base) as ws:
+            await ws.watch(job, token)
+            await ws.events_until_terminal({job})
+            async with httpx.AsyncClient(base_url=base) as http:
+                found = samples((await http.get("/metrics")).text)
+    xread = (("mode", "xread"),)
+    assert found[("resultcast_events_delivered_total", xread)] == 6
+    assert found[("resultcast_sockets_open", xread)] == 1
+    assert found[("resultcast_streams_open", (("mode", "xread"), ("transport", "ws")))] == 1
+    assert not any(("mode", "pubsub") in labels for _, labels in found)
+
+
+async def test_the_oldest_pending_job_has_an_age(
+    redis_server: RedisServer, migrated: redis.Redis
+) -> None:
+    """`oldest_pending_age_seconds`: a job taken and still running has an age that grows."""
+    port = free_port()
+    env = {"WORKER_METRICS_PORT": str(port), "MAINTENANCE_INTERVAL_S": "0.2"}
+    settings = make_settings(redis_server.url)
+    from tests.test_worker import submit as submit_direct
+
+    with service_process(redis_server.url, "worker", **env):
+        await submit_direct(settings, "sleep", {"seconds": 30})
+
+        async def aged() -> float | None:
+            try:
+                async with httpx.AsyncClient() as http:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            except httpx.TransportError:
+                return None
+            age = samples(text).get(("resultcast_oldest_pending_age_seconds", ()), 0.0)
+            return age if age >= 0.5 else None
+
+        assert await wait_for(aged, timeout_s=20, what="a pending job with an age") >= 0.5

@@ -28,7 +28,7 @@ from service.config import Settings
 from service.gateway.server import uvicorn_config
 from service.model import new_job_id
 from tests import ws_client
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, make_settings, wait_for
 from tests.processes import (
     RefuseWebSockets,
     gateway_process,
@@ -255,3 +255,40 @@ async def test_the_client_falls_back_to_event_streams_when_websockets_are_refuse
         await asyncio.wait_for(serving, 20)
     assert seqs == list(range(1, 22)), seqs
     assert states.count("reconnecting") >= 2, states  # it did try WebSockets first
+
+
+async def test_the_browser_client_passes_transient_errors_and_goes_on(
+    browser: Browser, redis_server: RedisServer, migrated: redis.Redis
+) -> None:
+    """Two watches, one XREAD connection: `capacity` reaches `onError` with `transient: true`,
+    and both watches still get every event."""
+    settings = make_settings(
+        redis_server.url, delivery_mode="xread", xread_max_connections=1, xread_block_ms=200
+    )
+    page = await browser.new_page()
+    async with running_worker(settings), running_gateway(settings) as base:
+        jobs = [
+            await ws_client.submit(base, "count", {"n": 8, "interval_ms": 100}) for _ in range(2)
+        ]
+        await page.goto(base)
+        result = await page.evaluate(
+            """async (jobs) => {
+                const {Resultcast} = await import("/static/resultcast.js");
+                const client = new Resultcast();
+                const errors = [];
+                const one = ([job, token]) => new Promise((resolve) => {
+                    const seqs = [];
+                    client.watch(job, token, {
+                        onEvent: (e) => seqs.push(e.seq),
+                        onDone: () => resolve(seqs),
+                        onError: (e) => errors.push([e.code, e.transient]),
+                    });
+                });
+                const seqs = await Promise.all(jobs.map(one));
+                client.close();
+                return {seqs, errors};
+            }""",
+            jobs,
+        )
+    assert result["seqs"] == [list(range(1, 10))] * 2, result
+    assert result["errors"] and {tuple(e) for e in result["errors"]} == {("capacity", True)}

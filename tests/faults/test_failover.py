@@ -9,6 +9,7 @@ on, exactly once, as after any reconnect.
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import redis.asyncio as redis
 
@@ -21,6 +22,7 @@ from tests.conftest import make_settings
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
 from tests.tcp_proxy import tcp_proxy
+from tests.test_metrics import samples
 from tests.ws_client import connect
 
 KEYS = Keys()
@@ -75,6 +77,8 @@ async def test_a_rewritten_history_ends_the_watch_with_gone(
                         seen[got["job"]] = got["seq"]
                 assert proxy.switch(new.port) >= 2
                 after = await ws.events_until_terminal({rewritten, intact}, timeout_s=30)
+                async with httpx.AsyncClient(base_url=base) as http:
+                    found = samples((await http.get("/metrics")).text)
     finally:
         await old_client.aclose()
         await new_client.aclose()
@@ -86,3 +90,6 @@ async def test_a_rewritten_history_ends_the_watch_with_gone(
     assert "rewritten" in ended[0]["message"]
     events = [f for f in after[intact] if f["type"] == "event"]
     assert [(f["seq"], f["event"]) for f in events] == [(4, "done")], after[intact]
+    # The change was noticed as such, not as a mere reconnect (the check itself shows above:
+    # `gone` for the rewritten job; its catch-up is counted under the cause that came first).
+    assert found[("resultcast_redis_server_changes_total", (("mode", mode),))] >= 1

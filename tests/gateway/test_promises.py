@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,25 @@ async def _kind_known(base: str) -> bool:
     async with httpx.AsyncClient(base_url=base) as http:
         reply = await http.post("/jobs", json={"kind": "chatty", "payload": {"probe": True}})
     return reply.status_code == 202
+
+
+async def test_a_frozen_redis_is_busy_over_http(tmp_path: Path) -> None:
+    """Redis that does not answer within the socket timeout: `busy`, 503, Retry-After."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = server.client()
+    await migrate(client, Keys(), report=lambda _: None)
+    await client.aclose()
+    settings = make_settings(server.url, redis_socket_timeout_s=0.5)
+    try:
+        async with running_gateway(settings) as base, httpx.AsyncClient(base_url=base) as http:
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                reply = await http.post("/jobs", json={"kind": "count", "payload": {"n": 1}})
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+    finally:
+        server.stop()
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"]["code"] == "busy" and reply.headers["retry-after"]
