@@ -26,7 +26,7 @@ from service.streams import JobStore
 from service.worker import Worker
 
 
-async def one_run(settings: Settings, n: int, size: int) -> dict[str, float]:
+async def one_run(settings: Settings, n: int, size: int) -> dict[str, Any]:
     keys = Keys(settings.key_prefix)
     client = RedisFactory(settings, "bench").commands()
     await client.flushall()
@@ -46,6 +46,18 @@ async def one_run(settings: Settings, n: int, size: int) -> dict[str, float]:
     last_ts = orjson.loads(last[0][1][b"f"])["ts"]
     emit_s = max(last_ts - first_ts, 1) / 1000
     events = n + 1
+    # Every event stored once, in order: ids 1-0 .. (n+1)-0, the frame's seq matching its id.
+    exact, cursor, expected = True, "-", 1
+    while True:
+        page: Any = await client.xrange(keys.events(job), min=cursor, count=10_000)
+        for entry_id, fields in page:
+            exact &= entry_id == f"{expected}-0".encode()
+            exact &= orjson.loads(fields[b"f"])["seq"] == expected
+            expected += 1
+        if len(page) < 10_000:
+            break
+        cursor = "(" + page[-1][0].decode()
+    exact &= expected == events + 1
     stop_event.set()
     await task
     await client.aclose()
@@ -56,6 +68,7 @@ async def one_run(settings: Settings, n: int, size: int) -> dict[str, float]:
         "wall_s": wall_s,
         "round_trips_per_event": worker.emitter.round_trips / events,
         "evalsha_per_event": worker.factory.counter.counts["EVALSHA"] / events,
+        "exact": exact,
     }
 
 
@@ -72,14 +85,14 @@ async def main() -> None:
             print(f"count n={args.n} size={args.size}, one worker, concurrency 1")
             print(
                 f"{'run':>3} {'events/s':>10} {'emit s':>7} {'wall s':>7} "
-                f"{'trips/event':>11} {'EVALSHA/event':>13}"
+                f"{'trips/event':>11} {'EVALSHA/event':>13} {'stored exactly':>14}"
             )
             for run in range(1, args.runs + 1):
                 r = await one_run(settings, args.n, args.size)
                 print(
                     f"{run:>3} {r['events_per_s']:>10,.0f} {r['emit_s']:>7.2f} "
                     f"{r['wall_s']:>7.2f} {r['round_trips_per_event']:>11.4f} "
-                    f"{r['evalsha_per_event']:>13.4f}"
+                    f"{r['evalsha_per_event']:>13.4f} {'yes' if r['exact'] else 'NO':>14}"
                 )
         finally:
             stop(redis_process)
