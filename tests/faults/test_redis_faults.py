@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
 from service.keys import Keys
 from service.migrate import migrate
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer
 from tests.ws_client import assert_exact, connect, submit
@@ -60,11 +61,15 @@ async def test_redis_frozen_longer_than_the_socket_timeouts(stack: Stack) -> Non
     jobs = [await submit(stack.base, "count", {"n": 40, "interval_ms": 50}) for _ in range(3)]
     async with connect(stack.base) as ws:
         collector = await ws.watch_all(jobs, 90)
-        await asyncio.sleep(0.4)  # some events flow first
+        await wait_for(lambda: _flowing(stack, jobs[0][0]), what="events to flow")
         assert stack.server.process is not None
         stack.server.process.send_signal(signal.SIGSTOP)
-        await asyncio.sleep(3.0)  # longer than the 2 s socket timeout of the test settings
-        stack.server.process.send_signal(signal.SIGCONT)
+        try:
+            # Frozen until the gateway itself says Redis does not answer (its readiness check
+            # gives up after the 2 s socket timeout of the test settings): the fault fired.
+            await wait_for(lambda: _not_ready(stack.base), timeout_s=30, what="the outage")
+        finally:
+            stack.server.process.send_signal(signal.SIGCONT)
         got = await collector
     for job, _ in jobs:
         assert_exact(only_outage_errors(got[job]), job, 40)
@@ -75,7 +80,7 @@ async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> Non
     jobs = [await submit(stack.base, "count", {"n": 200, "interval_ms": 50}) for _ in range(2)]
     async with connect(stack.base) as ws:
         collector = await ws.watch_all(jobs, 60)
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: _flowing(stack, jobs[-1][0]), what="events to flow")
         stack.server.kill()
         stack.server.start()  # no persistence: every job, and the consumer group, is gone
         got = await collector
@@ -85,6 +90,7 @@ async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> Non
         frames = got[job]
         assert frames[-1]["type"] == "error" and frames[-1]["code"] == "gone", frames[-3:]
         events = [f for f in frames if f["type"] == "event"]
+        assert events, "events flowed before the restart"
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     # The service heals itself: new jobs run end to end on the emptied Redis.
     job, token = await submit(stack.base, "count", {"n": 3})
@@ -116,3 +122,12 @@ async def test_subscriber_past_its_output_buffer_limit(stack: Stack) -> None:
         got = await (await ws.watch_all(jobs, 90))
     for job, _ in jobs:
         assert_exact(only_outage_errors(got[job]), job, 400)
+
+
+async def _flowing(stack: Stack, job: str) -> bool:
+    return bool(await stack.client.xlen(KEYS.events(job)) >= 5)
+
+
+async def _not_ready(base: str) -> bool:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        return (await http.get("/readyz")).status_code == 503
