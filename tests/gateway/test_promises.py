@@ -18,7 +18,7 @@ from service.handlers import Job
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
-from tests.processes import running_gateway, running_stack
+from tests.processes import running_gateway, running_stack, running_worker
 from tests.redis_servers import RedisServer
 from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect, submit
@@ -182,3 +182,44 @@ async def test_a_frozen_redis_is_busy_over_http(tmp_path: Path) -> None:
         server.stop()
     assert reply.status_code == 503, reply.text
     assert reply.json()["error"]["code"] == "busy" and reply.headers["retry-after"]
+
+
+async def test_shutdown_waits_for_no_client_longer_than_its_grace(tmp_path: Path) -> None:
+    """SHUTDOWN_GRACE_S: a client that reads nothing (its close frame stuck behind a backlog)
+    does not hold the gateway's shutdown; a reading client gets 1001."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = server.client()
+    await migrate(client, Keys(), report=lambda _: None)
+    await client.aclose()
+    settings = make_settings(
+        server.url,
+        shutdown_grace_s=1.0,
+        send_stall_timeout_s=600.0,  # only the grace may end the stuck client
+        socket_send_buffer_bytes=32 * 1024,
+        max_send_queue_bytes=1024 * 1024,
+    )
+    try:
+        async with running_worker(settings):
+            gateway = running_gateway(settings)
+            base = await gateway.__aenter__()
+            job, token = await submit(base, "count", {"n": 2000, "size": 2000})
+            async with (
+                connect(base, small_buffers=True, close_timeout=1) as stuck,
+                connect(base, close_timeout=1) as reading,
+            ):
+                await stuck.watch(job, token)
+                await reading.watch(job, token)
+                await reading.events_until_terminal({job}, timeout_s=60)
+                async with httpx.AsyncClient(base_url=base) as http:
+                    backlog = samples((await http.get("/metrics")).text)
+                assert backlog[("resultcast_watches_paused", (("mode", "pubsub"),))] >= 1
+                # Stops within its own bound (running_gateway allows 20 s), whatever `stuck`
+                # does; were the stuck client waited for, this would time out.
+                await gateway.__aexit__(None, None, None)
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await reading.recv()
+                assert reading.ws.close_code == 1001
+    finally:
+        server.stop()
