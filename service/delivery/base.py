@@ -105,8 +105,9 @@ class LiveSink(Protocol):
     def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
         """Frames for `jobs` (None: every job) may have been lost: catch them up from the stream."""
 
-    def report(self, jobs: list[str], error: ServiceError) -> None:
-        """Redis trouble for these jobs' live frames (one error per watch and outage)."""
+    def report(self, jobs: list[str] | None, error: ServiceError) -> None:
+        """Redis trouble for these jobs' live frames (None: every job; one error per watch
+        and outage)."""
 
     def server_changed(self, jobs: list[str]) -> None:
         """These jobs now live on a server that may hold a different history than the one

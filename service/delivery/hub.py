@@ -547,9 +547,9 @@ class Hub:
                     self._end(job, watch)
                     watch.watcher.watch_finished(job)
 
-    def report(self, jobs: list[str], error: ServiceError) -> None:
-        """One error frame per watch and outage; the watch itself stays."""
-        for job in jobs:
+    def report(self, jobs: list[str] | None, error: ServiceError) -> None:
+        """One error frame per watch and outage (None: every watched job); the watch stays."""
+        for job in list(self.feeds) if jobs is None else jobs:
             feed = self.feeds.get(job)
             for watch in feed.watches.values() if feed is not None else ():
                 if not watch.error_sent:

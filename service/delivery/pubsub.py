@@ -29,7 +29,8 @@ from service.config import Settings
 from service.delivery.base import LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
-from service.redis_client import RedisFactory, backoff_s
+from service.model import RedisUnavailable
+from service.redis_client import UNAVAILABLE_MESSAGE, RedisFactory, backoff_s
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class PatternSubscriber:
                 # failover): its watchers are waiting, so try again at once.
                 failures = 0
                 continue
+            if not self._connected_this_round:
+                # Not even subscribed: no live frame can arrive. Each watch is told once per
+                # outage (the hub keeps count) and goes on by itself once Redis answers.
+                self._sink.report(None, RedisUnavailable(UNAVAILABLE_MESSAGE))
             failures = 1 if self._connected_this_round else failures + 1
             await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
 

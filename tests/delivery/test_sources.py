@@ -27,7 +27,7 @@ KEYS = Keys()
 class Sink:
     frames: list[tuple[str, bytes]] = field(default_factory=list)
     missed_calls: list[tuple[tuple[str, ...] | None, str]] = field(default_factory=list)
-    errors: list[tuple[list[str], str]] = field(default_factory=list)
+    errors: list[tuple[list[str] | None, str]] = field(default_factory=list)
     explode_for: str | None = None
 
     def publish(self, job: str, frame: bytes) -> None:
@@ -38,7 +38,7 @@ class Sink:
     def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
         self.missed_calls.append((None if jobs is None else tuple(jobs), cause))
 
-    def report(self, jobs: list[str], error: ServiceError) -> None:
+    def report(self, jobs: list[str] | None, error: ServiceError) -> None:
         self.errors.append((jobs, error.code.value))
 
     def server_changed(self, jobs: list[str]) -> None:
