@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -12,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from service.config import Settings
-from service.gateway.server import gateway_server
+from service.dev import stop
+from service.gateway.server import gateway_server, uvicorn_config
 from service.handlers import BUILTIN_HANDLERS, Handler
 from service.keys import Keys
 from service.migrate import migrate
@@ -104,13 +105,7 @@ def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Pop
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process, timeout_s=20)  # SIGTERM, then SIGKILL: by PID
 
 
 def gateway_process(
@@ -140,3 +135,24 @@ class RefuseWebSockets:
             await send({"type": "websocket.close", "code": 1008})
             return
         await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: uvicorn.Config) -> AsyncIterator[str]:
+    """Any ASGI app under a real uvicorn, in this event loop; yields its base URL."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
+        assert not task.done(), "the app did not start"
+        yield f"http://{config.host}:{config.port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+def refusing_websockets(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
+    """A gateway behind something that refuses WebSocket upgrades; yields its base URL."""
+    config = uvicorn_config(settings, "127.0.0.1", free_port())
+    config.app = RefuseWebSockets(config.app)
+    return serving(config)

@@ -11,18 +11,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-import uvicorn
 from websockets.asyncio.server import ServerConnection, serve
 
 from service.client import ClientError, WatchError, socket_url, submit, watch
 from service.config import Settings
-from service.gateway.server import uvicorn_config
 from service.model import is_job_id, new_job_id
 from tests.conftest import PYTHON, ROOT, service_env, wait_for
 from tests.processes import (
-    RefuseWebSockets,
     gateway_process,
     ready,
+    refusing_websockets,
     running_gateway,
     running_worker,
 )
@@ -93,26 +91,15 @@ async def test_errors_that_end_a_watch_are_raised(
 async def test_auto_falls_back_to_event_streams_when_upgrades_are_refused(
     settings: Settings, migrated: redis.Redis
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = uvicorn_config(settings, "127.0.0.1", port)
-    config.app = RefuseWebSockets(config.app)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
     reconnects: list[str | None] = []
-    try:
-        async with running_worker(settings):
-            await wait_for(lambda: server.started, what="the gateway")
-            job = await submit("count", {"n": 12, "interval_ms": 10}, base=base)
-            events = [
-                e
-                async for e in watch(
-                    job.job, job.token, base=base, on_reconnect=lambda i, _: reconnects.append(i)
-                )
-            ]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 20)
+    async with running_worker(settings), refusing_websockets(settings) as base:
+        job = await submit("count", {"n": 12, "interval_ms": 10}, base=base)
+        events = [
+            e
+            async for e in watch(
+                job.job, job.token, base=base, on_reconnect=lambda i, _: reconnects.append(i)
+            )
+        ]
     assert_exact(events, job.job, 12)
     assert len(reconnects) >= 2  # it tried WebSockets first
 

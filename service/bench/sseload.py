@@ -24,20 +24,9 @@ class SseProtocol(WsProtocol):
         self._chunked = bytearray()  # the body, de-chunked, not yet split into lines
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        if not self._upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not buffer.startswith(b"HTTP/1.1 200"):
-                self.open.set_exception(
-                    ConnectionError(bytes(buffer[:80]).decode(errors="replace"))
-                )
-                return
-            del buffer[: end + 4]
-            self._upgraded = True
-            self.open.set_result(None)
+        self._buffer += data
+        if not self._opened(b"200"):
+            return
         self._dechunk()
         self._lines()
 

@@ -83,21 +83,28 @@ class WsProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(client_frame(orjson.dumps(message)))
 
+    def _opened(self, status: bytes) -> bool:
+        """Consume the response head once it is complete; True once the stream is open with
+        `status` (False while the head is incomplete, or when the server refused)."""
+        if self._upgraded:
+            return True
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        if not buffer.startswith(b"HTTP/1.1 " + status):
+            self.open.set_exception(ConnectionError(bytes(buffer[:80]).decode(errors="replace")))
+            return False
+        del buffer[: end + 4]
+        self._upgraded = True
+        self.open.set_result(None)
+        return True
+
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        if not self._upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                self.open.set_exception(
-                    ConnectionError(bytes(buffer[:80]).decode(errors="replace"))
-                )
-                return
-            del buffer[: end + 4]
-            self._upgraded = True
-            self.open.set_result(None)
+        if not self._opened(b"101"):
+            return
         offset = 0
         sink = self._sink
         size = len(buffer)

@@ -168,7 +168,12 @@ class AsyncProducer:
                 raise JobLost(f"job {job} is unknown (never created, or its results expired)")
             self._start_flusher()
             handle = AsyncJob(self._emitter.writer(job, int(last_seq)), int(attempt), status)
-            renewing.add_done_callback(lambda _: handle._writer._fail(_lease_lost(job)))
+
+            def lease_ended(task: asyncio.Task[None]) -> None:
+                if not task.cancelled():  # it ends by itself only when the lease was lost
+                    handle._writer._fail(_lease_lost(job))
+
+            renewing.add_done_callback(lease_ended)
             failed = False
             try:
                 yield handle

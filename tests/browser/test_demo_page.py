@@ -20,19 +20,17 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
-import uvicorn
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from service import tokens
 from service.config import Settings
-from service.gateway.server import uvicorn_config
 from service.model import new_job_id
 from tests import ws_client
 from tests.conftest import ROOT, make_settings, wait_for
 from tests.processes import (
-    RefuseWebSockets,
     gateway_process,
     ready,
+    refusing_websockets,
     running_gateway,
     running_worker,
 )
@@ -236,23 +234,12 @@ async def test_an_event_source_watch_goes_on_across_a_gateway_restart(
 async def test_the_client_falls_back_to_event_streams_when_websockets_are_refused(
     browser: Browser, settings: Settings, migrated: redis.Redis
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = uvicorn_config(settings, "127.0.0.1", port)
-    config.app = RefuseWebSockets(config.app)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
     page = await browser.new_page()
-    try:
-        async with running_worker(settings):
-            await wait_for(lambda: server.started, what="the gateway")
-            job, token = await ws_client.submit(base, "count", {"n": 20, "interval_ms": 20})
-            await page.goto(base)
-            seqs = await asyncio.wait_for(page.evaluate(FOLLOW, [job, token, "auto"]), 60)
-            states = await page.evaluate("() => window.states")
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 20)
+    async with running_worker(settings), refusing_websockets(settings) as base:
+        job, token = await ws_client.submit(base, "count", {"n": 20, "interval_ms": 20})
+        await page.goto(base)
+        seqs = await asyncio.wait_for(page.evaluate(FOLLOW, [job, token, "auto"]), 60)
+        states = await page.evaluate("() => window.states")
     assert seqs == list(range(1, 22)), seqs
     assert states.count("reconnecting") >= 2, states  # it did try WebSockets first
 

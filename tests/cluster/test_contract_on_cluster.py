@@ -6,7 +6,7 @@ cluster: `pubsub` mode is sharded Pub/Sub there (`SPUBLISH`, one subscriber per 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +54,6 @@ __all__ = [
 @pytest.fixture(params=["pubsub", "xread"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -3,20 +3,17 @@ the host app's lifespan starts and stops it, and a client watches through the mo
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as redis
 import uvicorn
 
-from tests.conftest import ROOT, service_env, wait_for
+from tests.conftest import ROOT, service_env
+from tests.processes import serving
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import connect
 
@@ -35,28 +32,16 @@ def load_app() -> ModuleType:
     return module
 
 
-@asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started or task.done(), what="uvicorn to start")
-        assert not task.done(), "the host app did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
-
-
 async def test_a_client_watches_through_the_gateway_mounted_in_a_fastapi_app(
     redis_server: RedisServer, migrated: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in service_env(redis_server.url).items():
         monkeypatch.setenv(name, value)
     example = load_app()
-    async with serving(example.app) as base, httpx.AsyncClient(base_url=base) as http:
+    config = uvicorn.Config(
+        example.app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="on"
+    )
+    async with serving(config) as base, httpx.AsyncClient(base_url=base) as http:
         reply = await http.post("/reports", params={"steps": 15})
         assert reply.status_code == 200, reply.text
         job, token = reply.json()["job"], reply.json()["token"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
+from service.dev import stop
 from service.keys import Keys
 from service.producer import AsyncProducer
 from tests.conftest import ROOT, service_env
@@ -64,13 +64,7 @@ def worker_process(system: str, url: str) -> Iterator[subprocess.Popen[bytes]]:
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process, timeout_s=20)  # SIGTERM, then SIGKILL: by PID
             log.seek(0)
             print(f"--- {system} worker log ---\n{log.read().decode(errors='replace')[-4000:]}")
 
