@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
@@ -57,10 +57,18 @@ class GatewayApp:
     a few KiB smaller, which adds up over tens of thousands of sockets.
     """
 
-    def __init__(self, http: Starlette, websocket: WebSocketEndpoint, sessions: Sessions) -> None:
+    def __init__(
+        self,
+        http: Starlette,
+        websocket: WebSocketEndpoint,
+        sessions: Sessions,
+        gateway: Callable[[], Gateway],
+    ) -> None:
         self.http = http
         self.websocket = websocket
         self.sessions = sessions
+        self.gateway = gateway
+        """The running gateway's parts (while the lifespan runs), for an app that embeds it."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Mounted under a path of another app, `/ws` is relative to the mount (`root_path`).
@@ -199,4 +207,4 @@ def create_app(settings: Settings) -> GatewayApp:
     )
     # No 307 to the slash-less path: every answer keeps the contract's error shape.
     http.router.redirect_slashes = False
-    return GatewayApp(http, WebSocketEndpoint(gateway), sessions)
+    return GatewayApp(http, WebSocketEndpoint(gateway), sessions, gateway)

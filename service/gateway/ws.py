@@ -96,6 +96,11 @@ class WebSocketSession:
         """Serve the socket (already accepted) until either side closes it."""
         try:
             await self._read_loop()
+        except Exception:
+            # A bug of ours, not the client's doing: this client alone is closed with 1011
+            # (it may reconnect and resume), the rest of the gateway goes on.
+            log.exception("a WebSocket session failed; closing it with 1011")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             await self.watches.outbox.finish(self._close_deadline)
             self.watches.end()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from service.client import ClientError, watch
+from service.gateway.app import create_app
+from service.gateway.server import uvicorn_config
 from service.handlers import Job
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
-from tests.processes import running_gateway, running_stack, running_worker
-from tests.redis_servers import RedisServer
+from tests.processes import running_gateway, running_stack, running_worker, serving
+from tests.redis_servers import RedisServer, free_port
 from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect, submit
 
@@ -223,3 +226,47 @@ async def test_shutdown_waits_for_no_client_longer_than_its_grace(tmp_path: Path
                 assert reading.ws.close_code == 1001
     finally:
         server.stop()
+
+
+async def test_an_internal_error_closes_only_its_client_with_1011(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug met while serving one client (here: the delivery raises for one job, injected
+    into the running gateway) closes that client with 1011 and one log line; another client
+    of the same gateway, and the gateway itself, go on."""
+    settings = make_settings(redis_server.url)
+    client = redis_server.client()
+    await migrate(client, Keys(), report=lambda _: None)
+    await client.aclose()
+    app = create_app(settings)
+    config = uvicorn_config(settings, "127.0.0.1", free_port(), app)
+    async with running_worker(settings), serving(config) as base:
+        poisoned, poisoned_token = await submit(base, "count", {"n": 1})
+        job, token = await submit(base, "count", {"n": 20, "interval_ms": 5})
+        delivery = app.gateway().delivery
+        real_watch = delivery.watch
+
+        def watch(job: str, watcher: Any, after_seq: int | None) -> None:
+            if job == poisoned:
+                raise RuntimeError("injected: a bug in delivery")
+            real_watch(job, watcher, after_seq)
+
+        delivery.watch = watch  # type: ignore[method-assign]
+        async with connect(base) as victim, connect(base) as bystander:
+            await bystander.watch(job, token)
+            with caplog.at_level(logging.ERROR, logger="service.gateway.ws"):
+                await victim.send({"op": "watch", "job": poisoned, "token": poisoned_token})
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await victim.recv()
+            got = await bystander.events_until_terminal({job})
+            async with httpx.AsyncClient(base_url=base) as http:
+                health = await http.get("/readyz")
+                found = samples((await http.get("/metrics")).text)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
+    assert_exact(got[job][1:], job, 20)
+    assert health.status_code == 200
+    assert found[("resultcast_socket_closes_total", (("code", "1011"), ("mode", "pubsub")))] == 1
+    failures = [r for r in caplog.records if r.name == "service.gateway.ws"]
+    assert len(failures) == 1 and "1011" in failures[0].getMessage()
