@@ -246,7 +246,7 @@ async def test_an_internal_error_closes_only_its_client_with_1011(
         delivery = app.gateway().delivery
         real_watch = delivery.watch
 
-        def watch(job: str, watcher: Any, after_seq: int | None) -> None:
+        def watch(job: str, watcher: Any, after_seq: int) -> None:
             if job == poisoned:
                 raise RuntimeError("injected: a bug in delivery")
             real_watch(job, watcher, after_seq)
