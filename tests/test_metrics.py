@@ -180,3 +180,54 @@ async def test_the_oldest_pending_job_has_an_age(
             return age if age >= 0.5 else None
 
         assert await wait_for(aged, timeout_s=20, what="a pending job with an age") >= 0.5
+
+
+async def test_each_catch_up_cause_is_counted_when_it_happens(
+    settings: Settings, migrated: redis.Redis
+) -> None:
+    """`resume` (a watch with `after`), `large` (an event over the publish limit, announced by
+    position) and `gap` (a frame on a job's channel the gateway cannot use) each move their
+    own `catch_ups{cause}`, and every watch still gets every event once."""
+    async with (
+        running_worker(settings),
+        running_gateway(settings) as base,
+        connect(base) as ws,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+
+        async def causes() -> dict[str, float]:
+            found = samples((await http.get("/metrics")).text)
+            return {
+                dict(labels)["cause"]: value
+                for (name, labels), value in found.items()
+                if name == "resultcast_catch_ups_total"
+            }
+
+        job, token = await submit(base, "count", {"n": 4})
+        await ws.watch(job, token)
+        assert_exact((await ws.events_until_terminal({job}))[job][1:], job, 4)
+        await ws.watch(job, token, after="2-0")
+        assert_exact((await ws.events_until_terminal({job}))[job][1:], job, 4, first_seq=3)
+        assert (await causes()).get("resume") == 1
+
+        large, large_token = await submit(
+            base, "count", {"n": 3, "size": 70_000, "interval_ms": 100}
+        )
+        await ws.watch(large, large_token)
+        got = (await ws.events_until_terminal({large}))[large][1:]
+        assert [f["seq"] for f in got] == [1, 2, 3, 4]
+        assert all(len(f["data"]["pad"]) == 70_000 for f in got[:3])
+        assert (await causes()).get("large", 0) >= 1
+
+        slow, slow_token = await submit(base, "count", {"n": 30, "interval_ms": 20})
+        await ws.watch(slow, slow_token)
+        collecting = asyncio.create_task(ws.events_until_terminal({slow}))
+        await wait_for(lambda: _has_events(migrated, slow), what="events to flow")
+        before = (await causes()).get("gap", 0)
+        await migrated.publish(Keys().channel(slow), b"not a frame")
+        await wait_for(lambda: _counted(causes, "gap", before + 1), what="the gap to be counted")
+        assert_exact((await collecting)[slow][1:], slow, 30)
+
+
+async def _counted(causes: Any, cause: str, at_least: float) -> bool:
+    return bool((await causes()).get(cause, 0) >= at_least)

@@ -321,15 +321,17 @@ class Hub:
         if feed is None:
             return
         if feed.catch_up is CatchUp.READING:
+            # A read is in flight and may have missed this: another read follows it, counted
+            # under this cause.
             feed.catch_up = CatchUp.DIRTY
-            return
-        if feed.catch_up is not CatchUp.IDLE:
-            return
-        feed.catch_up = CatchUp.PENDING
-        self._pending.append(job)
+        elif feed.catch_up is CatchUp.IDLE:
+            feed.catch_up = CatchUp.PENDING
+            self._pending.append(job)
+            self._wake.set()
+        else:
+            return  # a read is queued already: it will see this
         if cause is not None:
             self._stats.catch_ups[cause] += 1
-        self._wake.set()
 
     def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
         """A live source may have lost frames of `jobs` (None: of every job)."""

@@ -85,3 +85,8 @@ async def test_commands_are_counted_and_no_node_is_taken_for_a_failover(stack: S
     assert sent > 0
     changes = [v for (name, _), v in found.items() if "redis_server_changes" in name]
     assert changes == [0]
+    if stack.settings.delivery_mode == "pubsub":
+        # Sharded Pub/Sub subscribes per job: what was published before the subscription
+        # took effect is read from the stream, under its own cause.
+        subscribed = (("cause", "subscribe"), ("mode", "pubsub"))
+        assert found[("resultcast_catch_ups_total", subscribed)] >= 1
