@@ -198,3 +198,35 @@ async def _up(http: httpx.AsyncClient) -> bool:
         return (await http.get("/readyz")).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+async def test_the_stack_runs_as_a_user_without_info(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """Managed Redis often denies `INFO`: workers and gateway still deliver every event once,
+    each connection factory says once that the identity check is off, and no password leaks."""
+    admin = redis_server.client()
+    rules = ["on", f">{PASSWORD}", "~*", "&*", "+@all", "-info"]
+    await admin.execute_command("ACL", "SETUSER", "noinfo", *rules)
+    await migrate(admin, KEYS, report=lambda _: None)
+    await admin.aclose()
+    url = f"redis://noinfo:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+    settings = make_settings(url, delivery_mode=mode, xread_block_ms=500)
+    caplog.set_level(logging.INFO)
+    async with running_worker(settings), running_gateway(settings) as base:
+        jobs = [await submit(base, "count", {"n": 20, "interval_ms": 5}) for _ in range(3)]
+        async with connect(base) as ws, httpx.AsyncClient(base_url=base) as http:
+            for job, token in jobs:
+                await ws.watch(job, token)
+            got = await ws.events_until_terminal({job for job, _ in jobs})
+            ready = await http.get("/readyz")
+            metrics = await http.get("/metrics")
+    for job, _ in jobs:
+        assert_exact(got[job][1:], job, 20)
+    assert ready.status_code == 200 and metrics.status_code == 200
+    warned = [r.getMessage() for r in caplog.records if "run id" in r.getMessage()]
+    assert len(warned) == 1, warned  # only the gateway reads it (workers do not need it)
+    assert "failover detection" in warned[0]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert PASSWORD not in caplog.text

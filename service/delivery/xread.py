@@ -192,6 +192,8 @@ class XreadSource:
                     frame = fields[b"f"]
                     largest = max(largest, len(frame))
                     sink.publish(job, frame)
+                # A terminal event ends the watch, and with it this job's loop and cursor.
+                self._still_followed(job)
                 last = int(entries[-1][0].split(b"-", 1)[0])
                 self._cursors[job] = max(self._cursors[job], last)
                 count = max(1, min(self._settings.xread_count, READ_BYTES // max(1, largest)))
