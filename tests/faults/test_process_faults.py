@@ -10,10 +10,22 @@ import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
+from service.keys import Keys
+from service.worker import WORKERS_GROUP
 from tests.conftest import wait_for
-from tests.processes import gateway_process, ready, running_gateway, running_worker
+from tests.processes import (
+    gateway_process,
+    ready,
+    running_gateway,
+    running_worker,
+    service_process,
+)
 from tests.redis_servers import RedisServer, free_port
+from tests.test_worker import events, finished, nothing_pending
+from tests.test_worker import submit as submit_direct
 from tests.ws_client import assert_exact, connect, submit
+
+KEYS = Keys()
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +104,31 @@ async def test_misbehaving_clients_do_not_affect_others(
     assert codes.count("unauthorized") == 1000
     assert codes.count("too_many_watches") == 1
     assert sum(1 for r in replies if r["type"] == "watching") == 100
+
+
+async def test_a_worker_killed_between_a_job_s_end_and_its_ack(
+    redis_server: RedisServer, settings: Settings, migrated: redis.Redis
+) -> None:
+    """The terminal event is durable but the worker dies before its XACK (here its Redis user
+    may not XACK, so it retries until it is SIGKILLed). Another worker claims the job once it
+    has been idle for JOB_VISIBILITY_S, finds it finished and only acknowledges it: the job
+    keeps one terminal event and is not run again."""
+    rules = ["on", ">no-ack-pw", "~*", "&*", "+@all", "-xack"]
+    await migrated.execute_command("ACL", "SETUSER", "noack", *rules)
+    no_ack_url = f"redis://noack:no-ack-pw@127.0.0.1:{redis_server.port}/0"
+    env = {"JOB_VISIBILITY_S": "1", "WORKER_BLOCK_MS": "200"}
+    with service_process(no_ack_url, "worker", **env) as first:
+        job = await submit_direct(settings, "count", {"n": 5})
+        await wait_for(lambda: finished(migrated, job), what="the job's terminal event")
+        written = await events(migrated, job)
+        pending = await migrated.xpending(KEYS.jobs, WORKERS_GROUP)
+        assert int(pending["pending"]) == 1  # finished, not acknowledged
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    with service_process(redis_server.url, "worker", **env):
+        await wait_for(lambda: nothing_pending(migrated), what="the job to be acknowledged")
+    assert await events(migrated, job) == written
+    assert [e["seq"] for e in written] == [1, 2, 3, 4, 5, 6]
+    assert [e["event"] for e in written].count("done") == 1
+    meta = await migrated.hgetall(KEYS.meta(job))
+    assert meta[b"status"] == b"done"
