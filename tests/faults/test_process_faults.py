@@ -10,8 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
-from service.keys import Keys
-from service.worker import WORKERS_GROUP
+from service.keys import WORKERS_GROUP, Keys
 from tests.conftest import wait_for
 from tests.processes import (
     gateway_process,
