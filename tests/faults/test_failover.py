@@ -18,7 +18,7 @@ from service.codec import event_frame
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import EventKind, new_job_id
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
 from tests.tcp_proxy import tcp_proxy
@@ -93,3 +93,71 @@ async def test_a_rewritten_history_ends_the_watch_with_gone(
     # The change was noticed as such, not as a mere reconnect (the check itself shows above:
     # `gone` for the rewritten job; its catch-up is counted under the cause that came first).
     assert found[("resultcast_redis_server_changes_total", (("mode", mode),))] >= 1
+
+
+async def publish(client: redis.Redis, job: str, seq: int, event: str, data: str) -> None:
+    """What a worker's emit does: the event stored, then its frame published."""
+    f = frame(job, seq, event, data)
+    await client.xadd(KEYS.events(job), {"f": f}, id=f"{seq}-0")
+    await client.hset(KEYS.meta(job), mapping={"seq": seq, "status": "running"})
+    await client.publish(KEYS.channel(job), f)
+
+
+async def replid(client: redis.Redis) -> str:
+    return str((await client.info("replication"))["master_replid"])
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+async def test_a_promoted_replica_is_noticed_and_watches_go_on(
+    tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """A gateway reads from a replica; the primary goes away and the replica is promoted
+    (`REPLICAOF NO ONE`, then `CLIENT KILL` of its clients, as Sentinel does). Same server,
+    same run id: only `master_replid` changes, and the gateway must take it as a new server,
+    check each watch against it, and go on with every event once."""
+    primary = RedisServer(tmp_path_factory.mktemp("primary"))
+    primary.start()
+    replica = RedisServer(
+        tmp_path_factory.mktemp("replica"), args=("--replicaof", "127.0.0.1", str(primary.port))
+    )
+    replica.start()
+    writer, reader = primary.client(), replica.client()
+    try:
+        await migrate(writer, KEYS, report=lambda _: None)
+        job = new_job_id()
+        await store(writer, job, [], "running")
+        await wait_for(lambda: _synced(reader, job), what="the replica to hold the primary's data")
+        settings = make_settings(replica.url, delivery_mode=mode, xread_block_ms=500)
+        async with running_gateway(settings) as base, connect(base) as ws:
+            await ws.watch(job, tokens.sign(job, settings.secret_key))
+            for seq in range(1, 6):
+                await publish(writer, job, seq, "data", "{}")
+            seen = [await ws.recv() for _ in range(6)]  # `watching`, then 5 events
+            assert [f.get("seq") for f in seen[1:]] == [1, 2, 3, 4, 5]
+            assert await writer.execute_command("WAIT", 1, 5000) == 1
+            before = await replid(reader)
+            primary.stop()
+            await reader.execute_command("REPLICAOF", "NO", "ONE")
+            assert await replid(reader) != before
+            await reader.client_kill_filter(_type="normal", skipme=True)
+            await reader.client_kill_filter(_type="pubsub")
+            for seq in range(6, 10):
+                await publish(reader, job, seq, "data", "{}")
+            await publish(reader, job, 10, "done", '{"count":9}')
+            await reader.hset(KEYS.meta(job), "status", "done")
+            after = await ws.events_until_terminal({job}, timeout_s=30)
+            async with httpx.AsyncClient(base_url=base) as http:
+                found = samples((await http.get("/metrics")).text)
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+        primary.stop()
+        replica.stop()
+    outage = ("busy", "unavailable")
+    frames = [f for f in after[job] if f["type"] != "error" or f["code"] not in outage]
+    assert [(f["type"], f.get("seq")) for f in frames] == [("event", s) for s in range(6, 11)]
+    assert found[("resultcast_redis_server_changes_total", (("mode", mode),))] >= 1
+
+
+async def _synced(client: redis.Redis, job: str) -> bool:
+    return bool(await client.exists(KEYS.meta(job)))
