@@ -22,16 +22,29 @@ import asyncio
 import subprocess
 
 async def up(client, keys):
-    await asyncio.sleep(0.2)  # long enough for a second migrator to try at the same time
+    if {wait_for_rival}:
+        # Hold the lock until another migrator has tried to take it (its SET NX), so the
+        # two really run at the same time; a bounded wait, on a condition.
+        async def set_calls():
+            return (await client.info("commandstats")).get("cmdstat_set", {{}}).get("calls", 0)
+
+        before = await set_calls()
+        for _ in range(500):
+            if await set_calls() > before:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("no other migrator tried to take the lock")
     await client.incr("applied:{version}")
 '''
 
 
-def write_migrations(directory: Path, versions: list[int]) -> Path:
+def write_migrations(directory: Path, versions: list[int], *, racing: bool = False) -> Path:
+    """Migrations that count their runs; `racing` ones wait for a second migrator to try."""
     directory.mkdir(exist_ok=True)
     for version in versions:
         (directory / f"{version:04d}_step_{version}.py").write_text(
-            COUNTING.format(version=version)
+            COUNTING.format(version=version, wait_for_rival=racing)
         )
     return directory
 
@@ -39,7 +52,7 @@ def write_migrations(directory: Path, versions: list[int]) -> Path:
 async def test_two_migrators_at_once_apply_each_migration_once(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    directory = write_migrations(tmp_path / "m", [1, 2, 3])
+    directory = write_migrations(tmp_path / "m", [1, 2, 3], racing=True)
     clients = [redis_server.client(), redis_server.client()]
     lines: list[str] = []
     results = await asyncio.gather(

@@ -169,7 +169,7 @@ async def test_redis_killed_between_calls_loses_and_repeats_nothing(
         # Emitted while Redis is down: kept in order and written once it is back.
         for i in range(21, 41):
             await writer.emit(EventKind.DATA, {"i": i})
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: emitter.failing_since is not None, what="a failed write")
         assert writer.durable_seq == 20
         durable_redis.start()
         await asyncio.wait_for(writer.flushed(), 15)

@@ -65,9 +65,11 @@ async def test_a_paused_then_restarted_redis_resumes_every_watch(durable: Any) -
         jobs = [await submit(base, "count", {"n": 40, "interval_ms": 30}) for _ in range(3)]
         async with connect(base) as ws:
             collector = await ws.watch_all(jobs, 60)
-            await asyncio.sleep(0.3)  # let a few events flow first
+            await wait_for(
+                lambda: _flowing(client, [job for job, _ in jobs]), what="events to flow"
+            )
             await client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the fault: Redis answers nothing for this long
             server.kill()
             server.start()
             got = await collector
@@ -129,3 +131,7 @@ async def test_idle_watchers_cost_no_redis_commands(redis_server: RedisServer) -
             for s in sockets:
                 await s.__aexit__(None, None, None)
     await client.aclose()
+
+
+async def _flowing(client: Any, jobs: list[str]) -> bool:
+    return all([await client.xlen(KEYS.events(job)) >= 3 for job in jobs])
