@@ -81,7 +81,7 @@ async def throughput(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
 async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     sink = Received()
-    sockets = await open_sockets(stack.base, args.latency_sockets, sink)
+    sockets = await open_sockets(stack.base, args.latency_sockets, sink, keep_seqs=True)
     n = args.latency_seconds
     with stack.worker(concurrency=args.latency_sockets + 8):
         await stack.kind_registered("tick")
@@ -90,6 +90,7 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         jobs = await stack.submit_many("tick", payload, args.latency_sockets)
         await watch_all_live(sockets, jobs, sink)
         await until(lambda: sink.events >= args.latency_sockets * (n + 1), n + 60)
+    exact = in_order(sockets, list(range(1, n + 2)))
     await close_all(sockets)
     lat = sink.latencies_ns
     return {
@@ -100,6 +101,7 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": percentile_ms(lat, 99),
         "max_ms": max(lat) / 1e6,
         "emitted_before_watches_were_live": sink.before_live,
+        "exact": exact,
     }
 
 
