@@ -15,6 +15,26 @@ from service.config import ConfigError, Settings
 log = logging.getLogger("service")
 
 
+# What `--help` of the server commands shows of the environment; the README's "Configuration"
+# table has every variable.
+_ENVIRONMENT = """environment (the most used; all are in the README's Configuration table):
+  REDIS_URL        redis:// or rediss:// URL, password in the URL (default
+                   redis://127.0.0.1:6379/0)
+  SECRET_KEY       signs watch tokens; every gateway needs the same one (required)
+  DELIVERY_MODE    pubsub (default) or xread
+  REDIS_CLUSTER    true when REDIS_URL names a node of a Redis Cluster
+  API_KEYS         comma-separated keys POST /jobs requires (default: open)
+  KEY_PREFIX       prefix of every key and channel (default rc)
+  LOG_LEVEL        DEBUG, INFO (default), WARNING, ERROR"""
+
+_WORKER_ENVIRONMENT = """environment (the most used; all are in the README's Configuration table):
+  REDIS_URL          redis:// or rediss:// URL, password in the URL
+  JOB_TIMEOUT_S      a job running longer is failed (default 600)
+  JOB_VISIBILITY_S   a dead worker's job is claimed after this long (default 30)
+  WORKER_METRICS_PORT  serve /metrics on this port (default 0: off)
+  KEY_PREFIX, REDIS_CLUSTER, JOB_STREAMS, LOG_LEVEL: as for the gateway"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -27,11 +47,21 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
     dev.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
 
-    gateway = commands.add_parser("gateway", help="run the HTTP and WebSocket gateway")
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the HTTP and WebSocket gateway",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gateway.add_argument("--host", default="127.0.0.1", help="bind host (default 127.0.0.1)")
     gateway.add_argument("--port", type=int, default=8000, help="bind port (default 8000)")
 
-    worker = commands.add_parser("worker", help="run a job worker")
+    worker = commands.add_parser(
+        "worker",
+        help="run a job worker",
+        epilog=_WORKER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     worker.add_argument("--concurrency", type=int, default=4, help="jobs at once (default 4)")
     worker.add_argument(
         "--handlers",
@@ -87,13 +117,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    from redis.exceptions import RedisError
+
+    from service.model import RedisUnavailable
+
     try:
         return _run(args, settings)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    except (RedisError, RedisUnavailable) as e:
+        # Only a start can get here: once running, the gateway and workers ride out Redis
+        # outages by themselves. A process that cannot start says why, once, and exits, so
+        # that whatever supervises it (compose, Kubernetes, systemd) restarts it with back-off.
+        print(f"{args.command}: {redis_unreachable(settings.redis_url, e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def redis_unreachable(url: str, error: BaseException) -> str:
+    """One line: what was tried, what failed, what to check."""
+    while error.__cause__ is not None:  # the driver's own words, not our mapping of them
+        error = error.__cause__
+    cause = (str(error) or type(error).__name__).rstrip(".")
+    hint = (
+        "check the user and password in REDIS_URL"
+        if "auth" in cause.lower() or "password" in cause.lower()
+        else "is Redis running there, and is REDIS_URL right?"
+    )
+    return f"cannot reach Redis at {logs.redact(url)}: {cause}; {hint}"
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,12 +12,17 @@ _TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
 _TOKEN_PARAM = re.compile(rf"({_TOKEN_NAME}=)[^&\s\"']+", re.IGNORECASE)
 
 
+def redact(text: str) -> str:
+    """`text` with passwords in Redis URLs and `token=` query values masked."""
+    return _TOKEN_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
 class RedactSecrets(logging.Filter):
     """Masks passwords in Redis URLs and `token=` query values in every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = _TOKEN_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", message))
+        cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
