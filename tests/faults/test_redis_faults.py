@@ -20,6 +20,7 @@ from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer
+from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect, submit
 
 KEYS = Keys()
@@ -122,6 +123,13 @@ async def test_subscriber_past_its_output_buffer_limit(stack: Stack) -> None:
         got = await (await ws.watch_all(jobs, 90))
     for job, _ in jobs:
         assert_exact(only_outage_errors(got[job]), job, 400)
+    # The fault fired: Redis dropped the subscriber, and the gateway re-subscribed.
+    async with httpx.AsyncClient(base_url=stack.base) as http:
+        found = samples((await http.get("/metrics")).text)
+    assert found[("resultcast_subscriber_reconnects_total", (("mode", "pubsub"),))] >= 1
+    stats = await stack.client.info("stats")
+    if "client_output_buffer_limit_disconnections" in stats:  # Redis 7.2+ counts them
+        assert int(stats["client_output_buffer_limit_disconnections"]) >= 1
 
 
 async def _flowing(stack: Stack, job: str) -> bool:
