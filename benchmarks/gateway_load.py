@@ -27,8 +27,8 @@ import asyncio
 import resource
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
+from benchmarks.raw_writer import RawWriter
 from service.bench.harness import (
     CommandCount,
     Stack,
@@ -47,11 +47,6 @@ from service.bench.harness import (
     write_first_events,
 )
 from service.bench.wsload import Received, open_sockets
-from service.codec import event_frame
-from service.keys import Keys
-from service.model import EventKind
-
-KEYS = Keys()
 
 
 def in_order(sockets: list[Any], expected: list[int]) -> bool:
@@ -103,52 +98,6 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "emitted_before_watches_were_live": sink.before_live,
         "exact": exact,
     }
-
-
-def resp(*parts: bytes) -> bytes:
-    """One Redis command in the wire protocol."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
-
-
-class RawWriter:
-    """Writes rounds of events the way the emit script leaves them (stream entry, meta seq,
-    notification), as raw pipelined commands: a client library would spend more per event
-    than the gateway does and measure the writer instead."""
-
-    LINES_PER_EVENT = 4  # XADD: a bulk string (2 lines); HSET, PUBLISH: an integer each
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-        self._lines = 0
-
-    @classmethod
-    async def connect(cls, url: str) -> RawWriter:
-        parts = urlsplit(url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        return cls(reader, writer)
-
-    async def write_round(self, jobs: list[str], seq: int) -> None:
-        commands = []
-        for job in jobs:
-            frame = event_frame(seq, job, EventKind.DATA, time.time_ns() // 1_000_000, b"{}")
-            commands.append(resp(b"XADD", KEYS.events(job).encode(), b"%d-0" % seq, b"f", frame))
-            commands.append(resp(b"HSET", KEYS.meta(job).encode(), b"seq", b"%d" % seq))
-            commands.append(resp(b"PUBLISH", KEYS.channel(job).encode(), frame))
-        self._writer.write(b"".join(commands))
-        expected = self._lines + len(jobs) * self.LINES_PER_EVENT
-        while self._lines < expected:
-            chunk = await self._reader.read(1 << 16)
-            if not chunk:
-                raise ConnectionError("Redis closed the benchmark's connection")
-            if b"\r\n-" in chunk or chunk.startswith(b"-"):
-                raise RuntimeError(f"Redis refused a write: {chunk[:200]!r}")
-            self._lines += chunk.count(b"\r\n")
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 async def round_robin(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:

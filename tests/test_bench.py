@@ -68,3 +68,18 @@ def test_bench_compares_both_modes(tmp_path: Path) -> None:
     assert by_mode["xread"]["idle"]["redis_connections"] >= 20
     assert by_mode["pubsub"]["idle"]["redis_connections"] <= 3
     assert list(tmp_path.glob("bench-*.png"))
+
+
+def test_the_running_service_loads_no_benchmark_code() -> None:
+    """The bench harness, the benchmark scripts and their libraries stay out of what a
+    gateway, a worker, a producer or `migrate` import."""
+    program = (
+        "import sys, service.gateway.server, service.worker, service.producer, "
+        "service.migrate_cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('service.bench') or "
+        "m.split('.')[0] in ('benchmarks', 'matplotlib', 'broadcaster', 'socketio')))"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

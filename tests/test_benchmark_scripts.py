@@ -81,3 +81,53 @@ def test_the_slow_reader_script_reports_every_event_once(tmp_path: Path) -> None
         assert (reader["lost"], reader["duplicated"], reader["out_of_order"]) == (0, 0, 0)
         assert reader["closes"] == []
     assert (tmp_path / "rss.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(180)
+def test_the_network_drop_script_cuts_connections_and_loses_nothing(tmp_path: Path) -> None:
+    figures = tmp_path / "drops.json"
+    run(
+        "benchmarks.network_drops",
+        "--clients", "30", "--events", "12", "--rate", "5", "--cut-every-s", "0.8",
+        "--start-in-s", "1", "--json", str(figures), "--plot", str(tmp_path / "drops.png"),
+    )  # fmt: skip
+    found = json.loads(figures.read_text())
+    assert found["cuts"] >= 30 and found["resumes"] >= 30, found
+    assert found["delivered"] == found["expected"] == 30 * 13, found
+    assert (found["duplicates"], found["out_of_order"], found["exact_jobs"]) == (0, 0, 30)
+    assert found["resumes_that_missed_events"] > 0, found
+    assert (tmp_path / "drops.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(180)
+def test_the_avalanche_script_brings_every_client_back(tmp_path: Path) -> None:
+    figures = tmp_path / "avalanche.json"
+    run(
+        "benchmarks.avalanche",
+        "--sockets", "200", "--per-job", "20", "--job-seconds", "8",
+        "--json", str(figures),
+    )  # fmt: skip
+    found = json.loads(figures.read_text())
+    assert found["close_codes"] == {"1001": 200}, found
+    assert found["all_back_s"] >= found["first_back_s"] > found["shutdown_s"] > 0, found
+    assert (found["lost"], found["duplicates"], found["out_of_order"]) == (0, 0, 0), found
+    assert found["exact_watches"] == 200
+    assert found["gateway_commands_to_resume"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_the_alternatives_script_runs_all_three_systems_exactly(tmp_path: Path) -> None:
+    figures = tmp_path / "alternatives.json"
+    run(
+        "benchmarks.alternatives",
+        "--rounds", "1", "--sockets", "30,5", "--rr-rounds", "5", "--burst", "3",
+        "--idle-s", "1", "--json", str(figures),
+    )  # fmt: skip
+    found = json.loads(figures.read_text())
+    (results,) = found["rounds"]
+    assert set(results) == {"resultcast", "broadcaster", "socketio"}
+    for name, figures_of in results.items():
+        assert figures_of["exact_30"] and figures_of["exact_5"], name
+        assert figures_of["rr_30"]["events_per_s"] > 0, name
+        assert figures_of["idle"]["redis_commands_per_min"] == 0, name
+    assert set(found["ratios"]) == {"broadcaster", "socketio"}

@@ -226,13 +226,27 @@ class Stack:
     redis_url: str
     client: Any  # redis.Redis, or redis.RedisCluster on a cluster
     env: dict[str, str]
-    gateway_pids: list[int]
+    gateways: list[subprocess.Popen[bytes]]
     cluster: bool = False
     transport: str = "ws"  # how the clients watch: "ws" or "sse"
 
     @property
     def base(self) -> str:
         return self.bases[0]
+
+    @property
+    def gateway_pids(self) -> list[int]:
+        return [g.pid for g in self.gateways]
+
+    def stop_gateway(self, index: int = 0) -> None:
+        """SIGTERM gateway `index` (its clients get 1001) and wait until it has exited."""
+        stop(self.gateways[index])
+
+    async def start_gateway(self, index: int = 0) -> None:
+        """Start gateway `index` again on its port; returns once it is ready."""
+        port = int(self.bases[index].rsplit(":", 1)[1])
+        self.gateways[index] = _spawn_gateway(port, self.env)
+        await _wait_ready(self.bases[index], self.gateways[index])
 
     @property
     def gateway_pid(self) -> int:
@@ -413,31 +427,31 @@ async def running_stack(
             LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             **(extra_env or {}),
         )
-        # BENCH_GATEWAY_LOG=path keeps the gateways' log (at BENCH_LOG_LEVEL) for a closer look.
-        log_path = os.environ.get("BENCH_GATEWAY_LOG")
-        started: list[subprocess.Popen[bytes]] = []
-        bases: list[str] = []
+        stack = Stack([], redis_url, client, env, [], cluster)
         try:
-            with open(log_path or os.devnull, "ab") as log_file:  # noqa: ASYNC230 - at start
-                for _ in range(gateways):
-                    port = free_port()
-                    started.append(
-                        spawn(
-                            [sys.executable, "-m", "service", "gateway", "--port", str(port)],
-                            env,
-                            stdout=subprocess.DEVNULL,
-                            stderr=log_file,
-                        )
-                    )
-                    bases.append(f"http://127.0.0.1:{port}")
-            for base, gateway in zip(bases, started, strict=True):
+            for _ in range(gateways):
+                port = free_port()
+                stack.gateways.append(_spawn_gateway(port, env))
+                stack.bases.append(f"http://127.0.0.1:{port}")
+            for base, gateway in zip(stack.bases, stack.gateways, strict=True):
                 await _wait_ready(base, gateway)
-            yield Stack(bases, redis_url, client, env, [g.pid for g in started], cluster)
+            yield stack
         finally:
-            for gateway in started:
+            for gateway in stack.gateways:
                 stop(gateway)
     finally:
         await client.aclose()
+
+
+def _spawn_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # BENCH_GATEWAY_LOG=path keeps the gateways' log (at BENCH_LOG_LEVEL) for a closer look.
+    with open(os.environ.get("BENCH_GATEWAY_LOG") or os.devnull, "ab") as log_file:
+        return spawn(
+            [sys.executable, "-m", "service", "gateway", "--port", str(port)],
+            env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
 
 
 async def _wait_ready(base: str, gateway: subprocess.Popen[bytes]) -> None:

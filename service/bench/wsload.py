@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-OP_TEXT, OP_CLOSE = 0x1, 0x8
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
 def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -73,6 +73,10 @@ class WsProtocol(asyncio.Protocol):
         self._on_frame = on_frame
         self.transport: asyncio.Transport | None = None
         self.seqs: dict[str, list[int]] = {}  # per job, when keep_seqs
+
+    def itself(self) -> WsProtocol:
+        """A protocol factory for `create_connection` that hands over this very protocol."""
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -132,6 +136,12 @@ class WsProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 continue
+            if opcode == OP_PING:  # a server's keepalive (uvicorn's default): answer it
+                if self.transport is not None:
+                    self.transport.write(client_frame(payload, OP_PONG))
+                continue
+            if opcode == OP_PONG:
+                continue
             self._handle(payload)
         if offset:
             del buffer[:offset]
@@ -165,10 +175,6 @@ class WsProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def _factory(protocol: WsProtocol) -> Callable[[], WsProtocol]:
-    return lambda: protocol
-
-
 async def open_sockets(
     url: str,
     count: int,
@@ -189,13 +195,13 @@ async def open_sockets(
         for _ in range(min(200, count - start)):
             protocol = WsProtocol(f"{host}:{port}", "/ws", sink, keep_seqs, on_frame)
             if receive_buffer_bytes is None:
-                await loop.create_connection(_factory(protocol), host, port)
+                await loop.create_connection(protocol.itself, host, port)
             else:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
                 sock.setblocking(False)
                 await loop.sock_connect(sock, (host, port))
-                await loop.create_connection(_factory(protocol), sock=sock)
+                await loop.create_connection(protocol.itself, sock=sock)
             batch.append(protocol)
         await asyncio.gather(*(p.open for p in batch))
         sockets += batch

@@ -16,6 +16,8 @@ from service.keys import Keys
 from service.migrate import require_layout
 from service.redis_client import RedisFactory, redis_errors
 
+LISTEN_BACKLOG = 16384
+
 
 def uvicorn_config(
     settings: Settings, host: str, port: int, app: GatewayApp | None = None
@@ -36,6 +38,10 @@ def uvicorn_config(
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         proxy_headers=True,
         server_header=False,
+        # After a restart every client reconnects at once: a short accept queue drops their
+        # SYNs, and each retransmits only after 1, 3, 7 s... (the kernel caps this at
+        # net.core.somaxconn).
+        backlog=LISTEN_BACKLOG,
     )
 
 
