@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
@@ -18,7 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from service.config import Settings
 from service.migrate_cli import run_migrate
@@ -108,13 +112,36 @@ def start_redis(
     raise SystemExit("redis-server did not answer within 10 s")
 
 
+DATA_DIR = Path(".data")
+KEY_FILE = "dev-secret-key"
+LOCK_FILE = "dev.lock"
+
+
 def run_dev(*, host: str, port: int, workers: int) -> int:
+    data_dir = DATA_DIR.resolve()
+    data_dir.mkdir(exist_ok=True)
+    lock = _lock(data_dir)
+    if lock is None:
+        print(
+            "dev: another `python -m service dev` is running with ./.data/ (stop it first, or "
+            "run this one from another directory)",
+            file=sys.stderr,
+        )
+        return 1
+    if not _port_free(host, port):
+        print(
+            f"dev: port {port} on {host} is taken (another dev or server?); pick one with --port",
+            file=sys.stderr,
+        )
+        return 1
     children: list[subprocess.Popen[bytes]] = []
     redis_process = None
     env = dict(os.environ)
-    env.setdefault("SECRET_KEY", secrets.token_urlsafe(32))
+    if "SECRET_KEY" not in env:
+        # Kept with the results it signs tokens for: a restart keeps old jobs readable.
+        env["SECRET_KEY"] = _dev_key(data_dir / KEY_FILE)
     if "REDIS_URL" not in os.environ:
-        redis_process, env["REDIS_URL"] = start_redis(Path(".data").resolve())
+        redis_process, env["REDIS_URL"] = start_redis(data_dir)
         print(
             f"dev: started redis-server (pid {redis_process.pid}) with its data in ./.data/",
             flush=True,
@@ -136,6 +163,9 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
         for _ in range(workers):
             children.append(spawn([*python, "worker"], env))
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+        if not _gateway_answers(host, port, children, lambda: stopping):
+            print("dev: the gateway did not start; stopping the stack", file=sys.stderr)
+            return 1
         print(f"dev: demo page at http://{shown}:{port}/  (Ctrl-C stops everything)", flush=True)
         while not stopping:
             if any(child.poll() is not None for child in children):
@@ -152,4 +182,63 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
             stop(child)
         if redis_process is not None:
             stop(redis_process)
+        lock.close()
         print("dev: stopped", flush=True)
+
+
+def _lock(data_dir: Path) -> IO[str] | None:
+    """An exclusive lock on the data directory for as long as this dev runs (None if another
+    holds it); the kernel releases it however this process ends."""
+    handle = (data_dir / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _dev_key(path: Path) -> str:
+    """The dev stack's token key: made once, then read back on every start."""
+    if path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _gateway_answers(
+    host: str,
+    port: int,
+    children: list[subprocess.Popen[bytes]],
+    stopping: Callable[[], bool],
+    timeout_s: float = 60.0,
+) -> bool:
+    """Wait until the gateway answers /readyz (False if a child exits or time runs out)."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping():
+        if any(child.poll() is not None for child in children):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{address}:{port}/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    return False

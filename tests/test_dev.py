@@ -87,3 +87,88 @@ async def test_dev_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
     assert "demo page at http://localhost:" in output
     assert "dev: stopped" in output
     assert [pid for pid in children if _alive(pid)] == []
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
+    return env | {"PYTHONPATH": str(ROOT)}
+
+
+def _dev(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "service", "dev", "--port", str(port), "--workers", "1"],
+        cwd=directory,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _announced(process: subprocess.Popen[bytes], port: int) -> str:
+    """Read dev's output until it announces the demo page (only once the gateway answers)."""
+    assert process.stdout is not None
+    lines = []
+    for raw in process.stdout:
+        line = raw.decode()
+        lines.append(line)
+        if "demo page at" in line:
+            reply = httpx.get(f"http://127.0.0.1:{port}/readyz")
+            assert reply.status_code == 200, "announced before the gateway answered"
+            return "".join(lines)
+    raise AssertionError("dev ended without announcing the demo page:\n" + "".join(lines))
+
+
+def _stopped(process: subprocess.Popen[bytes]) -> str:
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=40)[0].decode()
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_dev_twice_is_refused_and_a_restart_keeps_tokens_working(tmp_path: Path) -> None:
+    port = free_port()
+    first = _dev(tmp_path, port)
+    try:
+        _announced(first, port)
+        job = httpx.post(
+            f"http://127.0.0.1:{port}/jobs", json={"kind": "echo", "payload": {"hi": 1}}
+        ).json()
+        # The same data directory: refused before anything starts.
+        again = subprocess.run(
+            [PYTHON, "-m", "service", "dev", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert again.returncode == 1 and "another `python -m service dev`" in again.stderr
+        # Another directory, the same port: refused, with what to do.
+        (tmp_path / "other").mkdir()
+        taken = subprocess.run(
+            [PYTHON, "-m", "service", "dev", "--port", str(port)],
+            cwd=tmp_path / "other",
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert taken.returncode == 1 and f"port {port}" in taken.stderr, taken.stderr
+        assert "--port" in taken.stderr and "started redis-server" not in taken.stdout
+    finally:
+        _stopped(first)
+    key_file = tmp_path / ".data" / "dev-secret-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    restarted = _dev(tmp_path, port)
+    try:
+        _announced(restarted, port)
+        reply = httpx.get(
+            f"http://127.0.0.1:{port}/jobs/{job['job']}", params={"token": job["token"]}
+        )
+        assert reply.status_code == 200, reply.text  # the old token is still valid
+    finally:
+        _stopped(restarted)
