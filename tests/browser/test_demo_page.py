@@ -122,12 +122,64 @@ async def test_the_page_shows_a_count_job_in_order_across_a_gateway_restart(
             # Readable on a phone: nothing wider than the screen.
             phone = await browser.new_page(viewport={"width": 390, "height": 844})
             await phone.goto(base)
-            await expect(phone.locator("#socket")).to_have_text("idle")
+            await expect(phone.locator("#socket")).to_have_text("not open yet")
             overflow = await phone.evaluate(
                 "() => document.documentElement.scrollWidth - window.innerWidth"
             )
             assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
             await phone.screenshot(path=str(ARTIFACTS / "demo-page-phone.png"), full_page=True)
+    assert not problems, problems
+
+
+def _watch_for_problems(page: Page) -> list[str]:
+    """Page errors, console errors and any failed request (a favicon 404 included)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on(
+        "response",
+        lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    return problems
+
+
+async def test_the_page_explains_itself_and_shows_progress_rate_and_charts(
+    browser: Browser, settings: Settings, migrated: redis.Redis
+) -> None:
+    page = await browser.new_page(viewport={"width": 1100, "height": 900})
+    problems = _watch_for_problems(page)
+    async with running_worker(settings), running_gateway(settings) as base:
+        await page.goto(base)
+        # First load: the socket's state and the figures say what they are.
+        await expect(page.locator("#socket")).to_have_text("not open yet")
+        await expect(page.locator("#socket-hint")).to_be_visible()
+        await expect(page.locator("#mode")).to_have_text("pubsub")
+        # A payload error goes away as soon as the JSON is valid.
+        await page.get_by_label("Payload (JSON)").fill('{"n": ')
+        await expect(page.locator("#problem")).to_contain_text("not JSON")
+        await page.get_by_label("Payload (JSON)").fill('{"n": 5}')
+        await expect(page.locator("#problem")).to_have_text("")
+        # A job's progress bar moves, its rate shows, and the bar is full at the end.
+        await submit_from_the_page(page, '{"n": 10, "interval_ms": 300}')
+        card = page.locator(".job").first
+        await expect(card.locator(".progress .fraction")).to_have_text(re.compile(r"^[1-9] / 10"))
+        await expect(card.locator(".rate")).not_to_have_text("0.0")
+        await expect(card.locator(".status")).to_have_text("done")
+        assert await shown_seqs(page) == list(range(1, 12))
+        await expect(card.locator(".progress .fraction")).to_have_text("10 / 10")
+        full = await card.locator("progress").evaluate("p => [p.value, p.max]")
+        assert full == [10, 10], full
+        await expect(page.locator("#socket")).to_have_text("connected")
+        await expect(page.locator("#socket-hint")).to_be_hidden()
+        # The delivery chart shows the job as a spike; the commands chart has readings.
+        await expect(page.locator("#chart-delivered")).to_have_attribute(
+            "data-max", re.compile(r"^[1-9]")
+        )
+        await expect(page.locator("#chart-commands")).to_have_attribute(
+            "data-points", re.compile(r"^([2-9]|\\d\\d)")
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-page-charts.png"), full_page=True)
     assert not problems, problems
 
 
