@@ -164,6 +164,8 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
             children.append(spawn([*python, "worker"], env))
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
         if not _gateway_answers(host, port, children, lambda: stopping):
+            if stopping:  # Ctrl-C before the gateway answered: a normal stop
+                return 0
             print("dev: the gateway did not start; stopping the stack", file=sys.stderr)
             return 1
         print(f"dev: demo page at http://{shown}:{port}/  (Ctrl-C stops everything)", flush=True)

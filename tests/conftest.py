@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,34 @@ from service.migrate import migrate
 from tests.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Errors(logging.Handler):
+    """Keeps the ERROR lines the service's own code logs in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("service"):
+            self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An ERROR from the service's code (running in the test's process) fails the test,
+    unless the test is marked `logs_errors` (it provokes them on purpose): a bug that the
+    service survives by restarting a loop still shows (as the xread KeyError did)."""
+    handler = _Errors()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.lines and request.node.get_closest_marker("logs_errors") is None:
+        pytest.fail("the service logged errors:\n" + "\n".join(handler.lines[:10]))
 
 
 @pytest.fixture

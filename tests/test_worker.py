@@ -76,6 +76,7 @@ async def test_builtin_kinds_end_to_end(settings: Settings, migrated: redis.Redi
     assert 0 < await migrated.ttl(KEYS.meta(jobs["count"])) <= settings.result_ttl_s
 
 
+@pytest.mark.logs_errors  # provoked on purpose
 async def test_user_handlers_and_handler_errors(settings: Settings, migrated: redis.Redis) -> None:
     handlers = load_handlers("tests.handlers_for_tests:HANDLERS")
     async with running_worker(settings, handlers=handlers):

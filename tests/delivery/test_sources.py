@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pytest
 import redis.asyncio as redis
 
 from service.codec import event_frame
@@ -49,6 +50,7 @@ def frame(job: str, seq: int) -> bytes:
     return event_frame(seq, job, EventKind.DATA, 1, b"{}")
 
 
+@pytest.mark.logs_errors  # provoked on purpose
 async def test_an_xread_loop_that_fails_is_restarted_and_its_job_caught_up(
     settings: Settings, migrated: redis.Redis
 ) -> None:
@@ -70,6 +72,7 @@ async def test_an_xread_loop_that_fails_is_restarted_and_its_job_caught_up(
         await source.stop()
 
 
+@pytest.mark.logs_errors  # provoked on purpose
 async def test_a_failure_in_the_hub_is_not_taken_for_a_lost_subscriber(
     settings: Settings, migrated: redis.Redis
 ) -> None:

@@ -77,6 +77,7 @@ async def test_redis_frozen_longer_than_the_socket_timeouts(stack: Stack) -> Non
 
 
 @pytest.mark.no_persistence
+@pytest.mark.logs_errors  # provoked on purpose
 async def test_redis_restarted_empty_ends_watches_with_gone(stack: Stack) -> None:
     jobs = [await submit(stack.base, "count", {"n": 200, "interval_ms": 50}) for _ in range(2)]
     async with connect(stack.base) as ws:

@@ -228,6 +228,7 @@ async def test_shutdown_waits_for_no_client_longer_than_its_grace(tmp_path: Path
         server.stop()
 
 
+@pytest.mark.logs_errors  # provoked on purpose
 async def test_an_internal_error_closes_only_its_client_with_1011(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
