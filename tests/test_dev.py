@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -53,18 +54,12 @@ async def test_dev_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
     )
     children: set[int] = set()
+    announced = ""
     try:
         base = f"http://127.0.0.1:{port}"
+        # dev says where the demo page is once the gateway answers (checked there).
+        announced = await asyncio.wait_for(asyncio.to_thread(_announced, process, port), 30)
         async with httpx.AsyncClient(base_url=base) as http:
-
-            async def ready() -> bool:
-                try:
-                    return (await http.get("/readyz")).status_code == 200
-                except httpx.TransportError:
-                    assert process.poll() is None, "dev exited early"
-                    return False
-
-            await wait_for(ready, timeout_s=30, interval_s=0.1, what="/readyz 200")
             children = _descendants(process.pid)
             assert len(children) >= 4  # redis-server, gateway, two workers
 
@@ -83,8 +78,8 @@ async def test_dev_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=40)[0].decode()
-    assert process.returncode == 0, output
-    assert "demo page at http://localhost:" in output
+    assert process.returncode == 0, announced + output
+    assert "demo page at http://localhost:" in announced
     assert "dev: stopped" in output
     assert [pid for pid in children if _alive(pid)] == []
 
