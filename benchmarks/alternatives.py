@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 import orjson
+import redis.asyncio as redis
 
 from benchmarks.raw_writer import RESULTCAST_LINES, RawWriter, frame, resp, resultcast_event
 from service.bench.harness import (
@@ -130,6 +131,9 @@ class System:
     open: Callable[[Server, list[tuple[str, str]], Received], Awaitable[list[WsProtocol]]]
     commands: Callable[[str, int], bytes]
     lines_per_event: int
+    # Channels Redis must hold a subscriber for before events are written: a peer's
+    # subscribe returns before Redis has it (what it publishes sooner is lost, by design).
+    channels: Callable[[list[str]], list[str]] = lambda _jobs: []
 
 
 @asynccontextmanager
@@ -237,6 +241,7 @@ SYSTEMS = [
         broadcaster_open,
         broadcaster_event,
         1,
+        lambda jobs: [f"peer:{job}" for job in jobs],
     ),
     System(
         "socketio",
@@ -245,6 +250,7 @@ SYSTEMS = [
         socketio_open,
         socketio_event,
         1,
+        lambda _jobs: ["socketio"],
     ),
 ]
 
@@ -310,6 +316,7 @@ async def measure(system: System, args: argparse.Namespace, progress: Progress) 
             names = [job for job, _ in jobs]
             sink = Received()
             sockets = await system.open(server, jobs, sink)
+            await subscribed(url, system.channels(names))
             if count == max(args.sockets):
                 figures["idle"] = await idle(server, count, empty_rss, args.idle_s)
             progress.show(0.5, f"{system.name} {count} sockets")
@@ -326,6 +333,23 @@ async def measure(system: System, args: argparse.Namespace, progress: Progress) 
                 if s.transport is not None:
                     s.transport.close()
     return figures
+
+
+async def subscribed(redis_url: str, channels: list[str]) -> None:
+    """Until Redis has a subscriber on each of `channels`."""
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    try:
+        for start in range(0, len(channels), 500):
+            batch = channels[start : start + 500]
+            for _ in range(1200):
+                counts = dict(await client.pubsub_numsub(*batch))
+                if all(counts.get(c.encode(), 0) >= 1 for c in batch):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise TimeoutError("the server did not subscribe its clients' channels")
+    finally:
+        await client.aclose()
 
 
 async def idle(server: Server, count: int, empty_rss: float, seconds: float) -> dict[str, float]:

@@ -43,7 +43,12 @@ async def watch(websocket: WebSocket) -> None:
 async def lifespan(_app: Starlette) -> AsyncIterator[None]:
     await broadcast.connect()
     try:
-        yield
+        # The Redis backend's listener stops for good when it starts reading before its first
+        # channel is registered (two clients subscribing at once are enough), and then nobody
+        # hears anything. One subscription held for the app's life keeps it listening, the
+        # workaround discussed in encode/broadcaster#91 and #133.
+        async with broadcast.subscribe(channel("_listening")):
+            yield
     finally:
         await broadcast.disconnect()
 
