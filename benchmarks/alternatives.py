@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from service.bench.harness import (
     caught_up,
     private_redis,
     proc_stats,
+    raise_open_files_limit,
     running_stack,
     until,
 )
@@ -261,7 +261,6 @@ SYSTEMS = [
 async def deliver(
     server: Server,
     system: System,
-    names: list[str],
     sink: Received,
     batches: list[list[tuple[str, int]]],
 ) -> dict[str, float]:
@@ -323,8 +322,8 @@ async def measure(system: System, args: argparse.Namespace, progress: Progress) 
             rr = [[(job, seq) for job in names] for seq in range(1, args.rr_rounds + 1)]
             first = args.rr_rounds + 1
             bursts = [[(job, seq) for seq in range(first, first + args.burst)] for job in names]
-            figures[f"rr_{count}"] = await deliver(server, system, names, sink, rr)
-            figures[f"burst_{count}"] = await deliver(server, system, names, sink, bursts)
+            figures[f"rr_{count}"] = await deliver(server, system, sink, rr)
+            figures[f"burst_{count}"] = await deliver(server, system, sink, bursts)
             expected = list(range(1, first + args.burst))
             figures[f"exact_{count}"] = all(
                 s.seqs and all(v == expected for v in s.seqs.values()) for s in sockets
@@ -409,8 +408,7 @@ async def main() -> None:
     args = parser.parse_args()
     args.sockets = [int(n) for n in args.sockets.split(",")]
     chosen = [s for s in SYSTEMS if s.name in args.systems.split(",")]
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     rounds: list[dict[str, dict[str, Any]]] = []
     progress = Progress("alternatives")
     for i in range(args.rounds):

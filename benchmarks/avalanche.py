@@ -22,11 +22,11 @@ import argparse
 import asyncio
 import json
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.charts import cdf, chart
 from benchmarks.network_drops import summary_ms
 from benchmarks.resuming import ResumingWatch, Tally
 from service.bench.harness import (
@@ -34,6 +34,7 @@ from service.bench.harness import (
     Progress,
     gateway_figures,
     private_redis,
+    raise_open_files_limit,
     running_stack,
     until,
 )
@@ -124,28 +125,14 @@ async def _gateway_commands(base: str) -> int:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    back = sorted(result["_back"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(back, [i / len(back) for i in range(1, len(back) + 1)], label="clients back")
-    ax.axvline(result["shutdown_s"], color="grey", linestyle=":", label="old gateway exited")
-    ax.axvline(result["first_back_s"], color="grey", linestyle="--", label="first client back")
-    ax.set_xlabel("seconds after SIGTERM")
-    ax.set_ylabel("fraction of clients receiving again")
-    ax.set_title(
+    title = (
         f"{result['sockets']:,} sockets, gateway restarted: all back in "
-        f"{result['all_back_s']:g} s, {result['lost']} lost, {result['duplicates']} duplicated",
-        fontsize=9,
+        f"{result['all_back_s']:g} s, {result['lost']} lost, {result['duplicates']} duplicated"
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with chart(path, title, "seconds after SIGTERM", "fraction of clients receiving again") as ax:
+        cdf(ax, result["_back"], "clients back")
+        ax.axvline(result["shutdown_s"], color="grey", linestyle=":", label="old gateway exited")
+        ax.axvline(result["first_back_s"], color="grey", linestyle="--", label="first client back")
 
 
 async def main() -> None:
@@ -157,8 +144,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     result = await run(args)
     if args.plot:
         plot(result, args.plot)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import time
 from typing import Any
 
@@ -39,6 +38,7 @@ from service.bench.harness import (
     percentile_ms,
     private_redis,
     proc_stats,
+    raise_open_files_limit,
     running_stack,
     start_after_setup,
     until,
@@ -212,8 +212,7 @@ async def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args()
     phases = set(args.phases.split(","))
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     async with private_redis(None) as url, running_stack(url, args.mode) as stack:
         if "throughput" in phases:
             print("throughput", await throughput(stack, args), flush=True)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.charts import cdf, chart
 from benchmarks.cutting_proxy import CuttingProxy
 from benchmarks.resuming import ResumingWatch, Tally
 from service.bench.harness import (
@@ -33,6 +33,7 @@ from service.bench.harness import (
     percentile_ms,
     private_redis,
     proc_stats,
+    raise_open_files_limit,
     running_stack,
     until,
 )
@@ -116,35 +117,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     samples = result["_samples"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, label in (
-        ("after_watch", "watch sent again → first missed event"),
-        ("after_cut", "cut → first missed event (back-off included)"),
-        ("delays", "missed event: emitted → received"),
-    ):
-        values = sorted(v * 1000 for v in samples[name])
-        if values:
-            ax.plot(values, [i / len(values) for i in range(1, len(values) + 1)], label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("ms")
-    ax.set_ylabel("fraction of resumes")
-    ax.set_title(
+    title = (
         f"{result['clients']} clients, each cut every ~{result['cut_every_s']:g} s "
         f"({result['cuts']} cuts): {result['delivered_pct']:g} % delivered, "
-        f"{result['duplicates']} duplicates",
-        fontsize=9,
+        f"{result['duplicates']} duplicates"
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with chart(path, title, "ms", "fraction of resumes") as ax:
+        for name, label in (
+            ("after_watch", "watch sent again → first missed event"),
+            ("after_cut", "cut → first missed event (back-off included)"),
+            ("delays", "missed event: emitted → received"),
+        ):
+            cdf(ax, (v * 1000 for v in samples[name]), label)
+        ax.set_xscale("log")
 
 
 async def main() -> None:
@@ -160,8 +146,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     result = await run(args)
     if args.plot:
         plot(result, args.plot)

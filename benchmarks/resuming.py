@@ -121,7 +121,7 @@ class ResumingWatch:
                 await socket.open
             except (OSError, ConnectionError):
                 self.tally.refused += 1
-                await self._back_off(loop)
+                await self._back_off()
                 continue
             self.connections += 1
             self.tally.opened += 1
@@ -139,10 +139,10 @@ class ResumingWatch:
                 break
             if not self.resumes or self.resumes[-1].watched_at:
                 self.resumes.append(Resume(lost_at=time.monotonic()))
-            await self._back_off(loop)
+            await self._back_off()
         self._socket = None
 
-    async def _back_off(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _back_off(self) -> None:
         delay = backoff_s(self._attempt, self.max_backoff_s)
         self._attempt += 1
         await asyncio.sleep(delay)

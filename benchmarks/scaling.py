@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from service.bench.ab import ModeResult, Topology, measure
+from service.bench.harness import raise_open_files_limit
 from service.bench.params import Params
 
 TOPOLOGIES = [
@@ -89,8 +89,7 @@ async def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated topology numbers (1-4)")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     params = Params(
         idle_sockets=args.idle_sockets,
         idle_seconds=args.idle_seconds,

@@ -26,14 +26,20 @@ import argparse
 import asyncio
 import itertools
 import json
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench.harness import Stack, private_redis, proc_stats, running_stack, until
+from service.bench.harness import (
+    Stack,
+    private_redis,
+    proc_stats,
+    raise_open_files_limit,
+    running_stack,
+    until,
+)
 from service.bench.wsload import Received, WsProtocol, open_sockets
 
 MB = 1_000_000
@@ -302,8 +308,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     results: dict[str, Any] = {"mode": args.mode}
     async with private_redis(args.redis_url) as url:
         for name in args.scenarios.split(","):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from service.bench.harness import (
     CommandCount,
     close_all,
     proc_stats,
+    raise_open_files_limit,
     running_stack,
     until,
     watch_all,
@@ -78,8 +78,7 @@ async def main() -> None:
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     with tempfile.TemporaryDirectory(prefix="resultcast-soak-") as tmp:
         port = free_port()
         redis_process = start_durable_redis(Path(tmp), port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,13 @@ def run(module: str, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def run_for_json(module: str, tmp_path: Path, *args: str) -> Any:
+    """Run `module` with `--json` into `tmp_path`; what it wrote."""
+    figures = tmp_path / "figures.json"
+    run(module, *args, "--json", str(figures))
+    return json.loads(figures.read_text())
 
 
 @pytest.mark.timeout(180)
@@ -63,13 +71,12 @@ def test_the_emit_script_runs() -> None:
 
 @pytest.mark.timeout(180)
 def test_the_slow_reader_script_reports_every_event_once(tmp_path: Path) -> None:
-    figures = tmp_path / "slow.json"
-    run(
+    found = run_for_json(
         "benchmarks.slow_readers",
+        tmp_path,
         "--rate-mb", "2", "--rate-mbps", "2", "--tenth-events", "300", "--crowd", "20",
-        "--json", str(figures), "--plot", str(tmp_path / "rss.png"),
+        "--plot", str(tmp_path / "rss.png"),
     )  # fmt: skip
-    found = json.loads(figures.read_text())
     readers = [
         *(found[name][speed] for name in ("rate", "tenth") for speed in ("slow", "fast")),
         *found["replay"].values(),
@@ -85,13 +92,12 @@ def test_the_slow_reader_script_reports_every_event_once(tmp_path: Path) -> None
 
 @pytest.mark.timeout(180)
 def test_the_network_drop_script_cuts_connections_and_loses_nothing(tmp_path: Path) -> None:
-    figures = tmp_path / "drops.json"
-    run(
+    found = run_for_json(
         "benchmarks.network_drops",
+        tmp_path,
         "--clients", "30", "--events", "12", "--rate", "5", "--cut-every-s", "0.8",
-        "--start-in-s", "1", "--json", str(figures), "--plot", str(tmp_path / "drops.png"),
+        "--start-in-s", "1", "--plot", str(tmp_path / "drops.png"),
     )  # fmt: skip
-    found = json.loads(figures.read_text())
     assert found["cuts"] >= 30 and found["resumes"] >= 30, found
     assert found["delivered"] == found["expected"] == 30 * 13, found
     assert (found["duplicates"], found["out_of_order"], found["exact_jobs"]) == (0, 0, 30)
@@ -101,13 +107,11 @@ def test_the_network_drop_script_cuts_connections_and_loses_nothing(tmp_path: Pa
 
 @pytest.mark.timeout(180)
 def test_the_avalanche_script_brings_every_client_back(tmp_path: Path) -> None:
-    figures = tmp_path / "avalanche.json"
-    run(
+    found = run_for_json(
         "benchmarks.avalanche",
+        tmp_path,
         "--sockets", "200", "--per-job", "20", "--job-seconds", "8",
-        "--json", str(figures),
     )  # fmt: skip
-    found = json.loads(figures.read_text())
     assert found["close_codes"] == {"1001": 200}, found
     assert found["all_back_s"] >= found["first_back_s"] > found["shutdown_s"] > 0, found
     assert (found["lost"], found["duplicates"], found["out_of_order"]) == (0, 0, 0), found
@@ -117,13 +121,12 @@ def test_the_avalanche_script_brings_every_client_back(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(240)
 def test_the_alternatives_script_runs_all_three_systems_exactly(tmp_path: Path) -> None:
-    figures = tmp_path / "alternatives.json"
-    run(
+    found = run_for_json(
         "benchmarks.alternatives",
+        tmp_path,
         "--rounds", "1", "--sockets", "30,5", "--rr-rounds", "5", "--burst", "3",
-        "--idle-s", "1", "--json", str(figures),
+        "--idle-s", "1",
     )  # fmt: skip
-    found = json.loads(figures.read_text())
     (results,) = found["rounds"]
     assert set(results) == {"resultcast", "broadcaster", "socketio"}
     for name, figures_of in results.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import resource
 import sys
 import time
 from dataclasses import asdict
@@ -71,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, out: Path) -> int:
     from service.bench.ab import Topology, measure
+    from service.bench.harness import raise_open_files_limit
     from service.bench.report import shards_table, table, write_chart, write_json
 
     params = Params(
@@ -92,8 +92,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
         return 2
     job_streams = args.job_streams or (3 if args.cluster else 1)
     topology = Topology(args.cluster, args.gateways, job_streams, args.transport)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     xread_env = {
         "XREAD_BLOCK_MS": str(args.xread_block_ms),
         "XREAD_COUNT": str(args.xread_count),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -114,6 +115,12 @@ async def sleep_with_progress(seconds: float, progress: Progress) -> None:
     while (elapsed := time.monotonic() - start) < seconds:
         progress.show(elapsed / seconds, f"{elapsed:.0f}/{seconds:.0f}s")
         await asyncio.sleep(min(0.5, seconds - elapsed))
+
+
+def raise_open_files_limit() -> None:
+    """Let this process open as many files as the machine allows: thousands of sockets."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
