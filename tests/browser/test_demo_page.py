@@ -180,6 +180,8 @@ async def test_the_page_explains_itself_and_shows_progress_rate_and_charts(
         )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "demo-page-charts.png"), full_page=True)
+        # Checked and closed while the gateway still runs: its next /metrics read would fail.
+        await page.close()
     assert not problems, problems
 
 
