@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
@@ -38,7 +39,6 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from service.breaker import BreakerState, CircuitBreaker
 from service.cluster_client import WaitingCluster
@@ -67,6 +67,18 @@ class CommandCounter:
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+# Arguments larger than this go to redis-py as memoryviews, which its packer sends as they
+# are. redis-py 8.2 packs with hiredis when it can, copying every argument into one buffer per
+# command: a worker writing megabyte events held each of them twice (its peak memory went from
+# 46 to 93 MiB in tests/faults/test_large_events.py). With a memoryview among the arguments
+# it keeps its own packer, which copies nothing larger than its 6,000-byte cutoff; so does 8.1.
+ZERO_COPY_BYTES = 6000
+
+
+def _zero_copy(arg: Any) -> Any:
+    return memoryview(arg) if isinstance(arg, bytes) and len(arg) > ZERO_COPY_BYTES else arg
 
 
 def _counting_class(
@@ -102,6 +114,8 @@ def _counting_class(
         if isinstance(name, bytes):
             name = name.decode(errors="replace")
         counts[str(name).split(" ", 1)[0].upper()] += 1
+        if any(isinstance(arg, bytes) and len(arg) > ZERO_COPY_BYTES for arg in args):
+            args = (name, *map(_zero_copy, args[1:]))
         packed: list[bytes] = base.pack_command(self, *args)
         return packed
 

@@ -138,7 +138,7 @@ class PatternSubscriber:
         finally:
             self.connected = False
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def _hand_over(self, sink: LiveSink, job: str, frame: bytes) -> None:
         """One frame to the hub; a failure there is not a lost connection."""
