@@ -10,14 +10,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, so a code change does not reinstall them; exactly the versions CI tested.
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir -p service migrations && touch service/__init__.py \
-    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y resultcast
 COPY service ./service
 COPY migrations ./migrations
-RUN /opt/venv/bin/pip install --no-deps . \
+RUN /opt/venv/bin/pip install --no-deps -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
