@@ -15,9 +15,9 @@ from service.config import ConfigError, Settings
 log = logging.getLogger("service")
 
 
-# What `--help` of the server commands shows of the environment; the README's "Configuration"
-# table has every variable.
-_ENVIRONMENT = """environment (the most used; all are in the README's Configuration table):
+# What `--help` of the server commands shows of the environment; docs/configuration.md has
+# every variable.
+_ENVIRONMENT = """environment (the most used; all are in docs/configuration.md):
   REDIS_URL        redis:// or rediss:// URL, password in the URL (default
                    redis://127.0.0.1:6379/0)
   SECRET_KEY       signs watch tokens; every gateway needs the same one (required)
@@ -27,7 +27,7 @@ _ENVIRONMENT = """environment (the most used; all are in the README's Configurat
   KEY_PREFIX       prefix of every key and channel (default rc)
   LOG_LEVEL        DEBUG, INFO (default), WARNING, ERROR"""
 
-_WORKER_ENVIRONMENT = """environment (the most used; all are in the README's Configuration table):
+_WORKER_ENVIRONMENT = """environment (the most used; all are in docs/configuration.md):
   REDIS_URL          redis:// or rediss:// URL, password in the URL
   JOB_TIMEOUT_S      a job running longer is failed (default 600)
   JOB_VISIBILITY_S   a dead worker's job is claimed after this long (default 30)
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--host", default="127.0.0.1", help="bind host (default 127.0.0.1)")
     gateway.add_argument("--port", type=int, default=8000, help="bind port (default 8000)")
+    # `dev` announces the one URL to open; its gateway does not log uvicorn's own.
+    gateway.add_argument("--no-banner", action="store_true", help=argparse.SUPPRESS)
 
     worker = commands.add_parser(
         "worker",
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, banner=not getattr(args, "no_banner", False))
     from redis.exceptions import RedisError
 
     from service.model import RedisUnavailable

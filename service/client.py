@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,7 +51,26 @@ class ClientError(Exception):
 
 
 class WatchError(ClientError):
-    """The watch ended without its terminal event (`gone`, `unauthorized`, a fatal close)."""
+    """The watch ended without its terminal event (`gone`, `unauthorized`, a fatal close,
+    or `unreachable`: no gateway answered for `give_up_after_s`)."""
+
+
+class Unreachable(OSError):
+    """No gateway answered at `url`: nothing listens there, a wrong host, a timeout."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the gateway at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def describe(error: BaseException) -> str:
+    """A connection failure in a few words (the innermost cause, which names the errno)."""
+    inner = error.__cause__ or error.__context__
+    while inner is not None:
+        error, inner = inner, inner.__cause__ or inner.__context__
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 @dataclass(frozen=True)
@@ -86,13 +106,16 @@ async def submit(
     api_key: str | None = None,
     timeout_s: float = 10.0,
 ) -> Submitted:
-    """Submit a job; returns its id and watch token, or raises `ClientError`."""
+    """Submit a job; returns its id and watch token. Raises `ClientError` for a refusal and
+    `Unreachable` (an `OSError`) when no gateway answers at `base`."""
     base = base or default_base()
+    url = base.rstrip("/") + "/jobs"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(timeout=timeout_s) as http:
-        reply = await http.post(
-            base.rstrip("/") + "/jobs", json={"kind": kind, "payload": payload}, headers=headers
-        )
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
+            reply = await http.post(url, json={"kind": kind, "payload": payload}, headers=headers)
+    except httpx.TransportError as e:
+        raise Unreachable(url, describe(e)) from e
     try:
         body = reply.json()
     except ValueError:
@@ -116,6 +139,35 @@ def backoff_s(attempt: int, cap_s: float) -> float:
 # WebSocket upgrades refused in a row (an HTTP answer other than 101), after which
 # `transport="auto"` moves to Server-Sent Events (a proxy that passes only plain HTTP).
 FALLBACK_AFTER = 3
+
+
+class _Reach:
+    """Whether any gateway has answered this watch yet, and giving up when none does.
+
+    Once one has answered, the watch never gives up on reconnecting (a gateway restarting is
+    normal); before that, a wrong URL or a gateway that is not running ends it after
+    `give_up_after_s` with `WatchError("unreachable", ...)`, naming the URL and the reason.
+    """
+
+    def __init__(
+        self,
+        give_up_after_s: float | None,
+        on_connect_error: Callable[[str, str], None] | None,
+    ) -> None:
+        self.answered = False
+        self._since = time.monotonic()
+        self._give_up_after_s = give_up_after_s
+        self._on_connect_error = on_connect_error
+
+    def failed(self, url: str, reason: str) -> None:
+        """A connection attempt to `url` failed; raises once it is time to give up."""
+        if self._on_connect_error is not None:
+            self._on_connect_error(url, reason)
+        limit = self._give_up_after_s
+        if not self.answered and limit is not None and time.monotonic() - self._since >= limit:
+            raise WatchError(
+                "unreachable", f"no gateway answered at {url} for {limit:g} s: {reason}"
+            )
 
 
 class _Position:
@@ -151,25 +203,41 @@ async def watch(
     max_backoff_s: float = 10.0,
     on_error: Callable[[ClientError], None] | None = None,
     on_reconnect: Callable[[str | None, float], None] | None = None,
+    on_connect_error: Callable[[str, str], None] | None = None,
+    give_up_after_s: float | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every event of `job` after stream id `after` (all when None), live, until it ends.
 
     `transport`: "ws" (a WebSocket), "sse" (Server-Sent Events over plain HTTP) or "auto" (a
     WebSocket, and SSE once WebSocket connections keep failing to open). `on_reconnect(last_id,
-    delay_s)` is called before each reconnect; `on_error` with each transient error the
-    gateway reports (the watch goes on by itself).
+    delay_s)` is called before each reconnect; `on_connect_error(url, reason)` when a
+    connection cannot be opened; `on_error` with each transient error the gateway reports (the
+    watch goes on by itself). With `give_up_after_s`, a watch that no gateway has answered for
+    that long raises `WatchError` with code `unreachable`; once one has answered, it never
+    gives up.
     """
     position = _Position(after)
+    reach = _Reach(give_up_after_s, on_connect_error)
     base = base or default_base()
     if transport != "sse":
         async for frame in _over_websocket(
-            job, token, position, base, transport == "auto", max_backoff_s, on_error, on_reconnect
+            job,
+            token,
+            position,
+            reach,
+            base,
+            transport == "auto",
+            max_backoff_s,
+            on_error,
+            on_reconnect,
         ):
             yield frame
             if frame["event"] in TERMINAL_EVENTS:
                 return
         # Only "auto" gets here: WebSockets kept failing.
-    async for frame in _over_sse(job, token, position, base, max_backoff_s, on_error, on_reconnect):
+    async for frame in _over_sse(
+        job, token, position, reach, base, max_backoff_s, on_error, on_reconnect
+    ):
         yield frame
 
 
@@ -177,6 +245,7 @@ async def _over_websocket(  # noqa: PLR0917 - one caller, the arguments of `watc
     job: str,
     token: str,
     position: _Position,
+    reach: _Reach,
     base: str,
     may_fall_back: bool,
     max_backoff_s: float,
@@ -189,6 +258,7 @@ async def _over_websocket(  # noqa: PLR0917 - one caller, the arguments of `watc
         try:
             async with websockets.connect(url, open_timeout=10, max_size=None) as ws:
                 failed_opens = 0
+                reach.answered = True
                 request = {"op": "watch", "job": job, "token": token, "after": position.last_id}
                 await ws.send(json.dumps(request))
                 async for raw in ws:
@@ -214,12 +284,13 @@ async def _over_websocket(  # noqa: PLR0917 - one caller, the arguments of `watc
                 raise WatchError("closed", message) from e
         except InvalidURI:
             raise
-        except InvalidHandshake:
+        except InvalidHandshake as e:
             failed_opens += 1  # something answered HTTP but refused the upgrade
             if may_fall_back and failed_opens >= FALLBACK_AFTER:
                 return
-        except (OSError, TimeoutError):
-            pass  # the gateway is not there (yet): try again
+            reach.failed(url, f"the WebSocket upgrade was refused: {describe(e)}")
+        except (OSError, TimeoutError) as e:
+            reach.failed(url, describe(e))  # the gateway is not there (yet): try again
         delay = backoff_s(attempt, max_backoff_s)
         attempt += 1
         if on_reconnect is not None:
@@ -231,6 +302,7 @@ async def _over_sse(  # noqa: PLR0917 - one caller, the arguments of `watch`
     job: str,
     token: str,
     position: _Position,
+    reach: _Reach,
     base: str,
     max_backoff_s: float,
     on_error: Callable[[ClientError], None] | None,
@@ -245,6 +317,7 @@ async def _over_sse(  # noqa: PLR0917 - one caller, the arguments of `watch`
                 async with http.stream(
                     "GET", url, params={"token": token}, headers=headers
                 ) as reply:
+                    reach.answered = True
                     if reply.status_code == 204:
                         return  # the job had ended at or before this position
                     if reply.status_code != 200:
@@ -264,8 +337,9 @@ async def _over_sse(  # noqa: PLR0917 - one caller, the arguments of `watch`
                                 yield frame
                                 if frame["event"] in TERMINAL_EVENTS:
                                     return
-            except httpx.TransportError:
-                pass  # the gateway is not there (yet), or the stream broke: resume
+            except httpx.TransportError as e:
+                # The gateway is not there (yet), or the stream broke: resume.
+                reach.failed(url, describe(e))
             delay = backoff_s(attempt, max_backoff_s)
             attempt += 1
             if on_reconnect is not None:

@@ -1,7 +1,8 @@
 """`python -m service watch` and `python -m service submit`: the Python client from a shell.
 
 `watch` prints each event as one JSON line and exits 0 after `done`, 1 after `failed`, 2 when
-the watch ends with an error (printed to stderr). Reconnects and resumes like `client.watch`.
+the watch ends with an error (printed to stderr), including no gateway answering at its URL
+for `--give-up-after` seconds. Reconnects and resumes like `client.watch`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import asyncio
 import json
 import os
 import sys
+
+# How long `watch` tries a URL where no gateway has answered yet: long enough for a gateway
+# that is starting, short enough that a wrong URL is said to be wrong.
+GIVE_UP_AFTER_S = 30.0
 
 
 def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +30,14 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     watch.add_argument("--after", help="start after this event id (default: from the first)")
     watch.add_argument("--url", default=url, help=url_help)
+    watch.add_argument(
+        "--give-up-after",
+        type=float,
+        default=GIVE_UP_AFTER_S,
+        metavar="SECONDS",
+        help="exit 2 when no gateway has answered at --url for this long (default "
+        f"{GIVE_UP_AFTER_S:g}); once one has, reconnect for as long as it takes",
+    )
     watch.add_argument(
         "--transport",
         choices=("auto", "ws", "sse"),
@@ -45,8 +58,23 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 async def _watch(args: argparse.Namespace) -> int:
     from service.client import WatchError, watch
 
+    said = ""  # the last connection failure printed: one line per reason, not per attempt
+    failing = False
+
+    def connect_failed(url: str, reason: str) -> None:
+        nonlocal said, failing
+        failing = True
+        if reason != said:
+            said = reason
+            print(f"watch: cannot connect to {url}: {reason}; retrying", file=sys.stderr)
+
     def reconnecting(last_id: str | None, delay_s: float) -> None:
-        print(f"reconnecting in {delay_s:.1f} s, resuming after {last_id}", file=sys.stderr)
+        nonlocal failing
+        if failing:  # already said why; the retries themselves are not news
+            failing = False
+            return
+        said_where = f"after {last_id}" if last_id else "from the first event"
+        print(f"watch: reconnecting in {delay_s:.1f} s, resuming {said_where}", file=sys.stderr)
 
     try:
         async for event in watch(
@@ -56,31 +84,33 @@ async def _watch(args: argparse.Namespace) -> int:
             base=args.url,
             transport=args.transport,
             on_reconnect=reconnecting,
+            on_connect_error=connect_failed,
+            give_up_after_s=args.give_up_after,
         ):
             print(json.dumps(event, separators=(",", ":")), flush=True)
             if event["event"] == "failed":
                 return 1
     except WatchError as e:
-        print(f"watch ended: {e}", file=sys.stderr)
+        print(f"watch: ended: {e}", file=sys.stderr)
         return 2
     return 0
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    from service.client import ClientError, submit
+    from service.client import ClientError, Unreachable, submit
 
     try:
         payload = json.loads(args.payload)
     except ValueError as e:
-        print(f"the payload is not JSON: {e}", file=sys.stderr)
+        print(f"submit: the payload is not JSON: {e}", file=sys.stderr)
         return 2
     try:
         job = await submit(args.kind, payload, base=args.url, api_key=args.api_key)
     except ClientError as e:
-        print(f"refused: {e}", file=sys.stderr)
+        print(f"submit: refused: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"cannot reach {args.url}: {e}", file=sys.stderr)
+    except Unreachable as e:
+        print(f"submit: {e}; is the gateway running there? (--url)", file=sys.stderr)
         return 2
     print(json.dumps({"job": job.job, "token": job.token}))
     return 0
@@ -91,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
         import service.client  # noqa: F401 (httpx and websockets present?)
     except ImportError as e:
         print(
-            f"`{args.command}` needs the client's packages ({e.name} is missing): "
-            "pip install 'resultcast[client]'",
+            f"{args.command}: needs the client's packages ({e.name} is missing); resultcast "
+            "is not on PyPI: from a checkout, pip install -e '.[client]'; from a wheel "
+            "(pip wheel --no-deps .), pip install 'resultcast-<version>-py3-none-any.whl[client]'",
             file=sys.stderr,
         )
         return 2

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from service.config import Settings
+from service.logs import redact
 from service.migrate_cli import run_migrate
 
 STOP_TIMEOUT_S = 15.0
@@ -143,7 +144,8 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
     if "REDIS_URL" not in os.environ:
         redis_process, env["REDIS_URL"] = start_redis(data_dir)
         print(
-            f"dev: started redis-server (pid {redis_process.pid}) with its data in ./.data/",
+            f"dev: started redis-server (pid {redis_process.pid}) at {env['REDIS_URL']} with "
+            "its data in ./.data/",
             flush=True,
         )
     stopping = False
@@ -159,7 +161,8 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
         if code:
             return code
         python = [sys.executable, "-m", "service"]
-        children.append(spawn([*python, "gateway", "--host", host, "--port", str(port)], env))
+        gateway = [*python, "gateway", "--host", host, "--port", str(port), "--no-banner"]
+        children.append(spawn(gateway, env))
         for _ in range(workers):
             children.append(spawn([*python, "worker"], env))
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
@@ -168,6 +171,7 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
                 return 0
             print("dev: the gateway did not start; stopping the stack", file=sys.stderr)
             return 1
+        print(_joining(env["REDIS_URL"], data_dir / KEY_FILE), flush=True)
         print(f"dev: demo page at http://{shown}:{port}/  (Ctrl-C stops everything)", flush=True)
         while not stopping:
             if any(child.poll() is not None for child in children):
@@ -186,6 +190,21 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
             stop(redis_process)
         lock.close()
         print("dev: stopped", flush=True)
+
+
+def _joining(redis_url: str, key_file: Path) -> str:
+    """The shell lines that let a producer (a Celery, RQ, arq or Dramatiq worker, a backend)
+    join this stack: its Redis and its token key, the key by file so it is never printed."""
+    key = (
+        f'export SECRET_KEY="$(cat {key_file})"'
+        if "SECRET_KEY" not in os.environ
+        else "# SECRET_KEY: the one already set in this shell"
+    )
+    shown_url = redact(redis_url)
+    url = f"export REDIS_URL={shown_url}"
+    if shown_url != redis_url:
+        url += "   # with the password this shell's REDIS_URL has"
+    return f"dev: to run a producer or your own worker against this stack:\n  {url}\n  {key}"
 
 
 def _lock(data_dir: Path) -> IO[str] | None:

@@ -28,9 +28,60 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO") -> None:
+# Requests that monitoring and the demo page repeat every few seconds: logged at DEBUG.
+POLLED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+_ROUTINE = frozenset({"connection open", "connection closed"})
+_BANNER = "Uvicorn running on "
+
+
+class RoutineAtDebug(logging.Filter):
+    """uvicorn's routine lines at DEBUG, under names that say what they are.
+
+    uvicorn logs everything that is not an access line on a logger named `uvicorn.error`,
+    opening and closing each WebSocket included; that is shown as `uvicorn`. A WebSocket's
+    "connection open/closed" and successful polls of `/metrics`, `/healthz` and `/readyz` are
+    DEBUG: at INFO an open demo tab or a scraper would add a line every few seconds. Without
+    `banner`, uvicorn's own "running on <URL>" is DEBUG too (`dev` announces its one URL).
+    """
+
+    def __init__(self, *, banner: bool = True) -> None:
+        super().__init__()
+        self._banner = banner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            if record.name == "uvicorn.error":
+                record.name = "uvicorn"
+            return True
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
+            message = str(record.msg)
+            if message in _ROUTINE or (not self._banner and message.startswith(_BANNER)):
+                return _at_debug(record)
+        elif record.name == "uvicorn.access" and _is_poll(record.args):
+            return _at_debug(record)
+        return True
+
+
+def _is_poll(args: object) -> bool:
+    """uvicorn's access line arguments: (client, method, path, HTTP version, status)."""
+    if not isinstance(args, tuple) or len(args) < 5:
+        return False
+    path, status = str(args[2]).split("?", 1)[0], args[4]
+    return path in POLLED_PATHS and isinstance(status, int) and status < 400
+
+
+def _at_debug(record: logging.LogRecord) -> bool:
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        return False
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return True
+
+
+def configure(level: str = "INFO", *, banner: bool = True) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RoutineAtDebug(banner=banner))
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -181,3 +181,41 @@ async def test_a_gateway_that_closes_at_once_is_retried_ever_slower() -> None:
         follower.cancel()
     # Full jitter within a doubling ceiling: attempt k waits between 0.125 and 0.25 s x 2^k.
     assert all(0.125 * 2**k <= d <= 0.25 * 2**k for k, d in enumerate(delays)), delays
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "service", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_submit_to_a_url_where_nothing_listens_is_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = _cli("submit", "count", '{"n": 2}', "--url", url)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"submit: cannot reach the gateway at {url}/jobs: "), line
+    assert "onnect" in line, line  # the reason: the connection was refused
+
+
+@pytest.mark.parametrize("transport", ["auto", "ws", "sse"])
+def test_watch_gives_up_on_a_url_where_no_gateway_ever_answered(transport: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    job = new_job_id()
+    done = _cli(
+        "watch", job, "--token=t", "--url", url, "--give-up-after", "1", "--transport", transport
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("watch: cannot connect to "), lines
+    assert "127.0.0.1" in lines[0] and "retrying" in lines[0], lines
+    assert lines[-1].startswith("watch: ended: unreachable: no gateway answered at "), lines
+    assert "for 1 s" in lines[-1], lines
+    assert len(lines) <= 4, lines  # one line per reason, not one per attempt

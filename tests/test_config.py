@@ -131,7 +131,10 @@ def test_every_command_works_without_the_dev_extras(command: str) -> None:
 def test_the_client_commands_without_httpx_say_what_to_install() -> None:
     result = _run_without_dev_extras("watch", "job", "--token", "t")
     assert result.returncode == 2
-    assert "pip install 'resultcast[client]'" in result.stderr
+    assert "httpx is missing" in result.stderr, result.stderr
+    # resultcast is not on an index: from a checkout, or from a wheel.
+    assert "pip install -e '.[client]'" in result.stderr, result.stderr
+    assert "py3-none-any.whl[client]'" in result.stderr, result.stderr
 
 
 def test_bench_without_its_extras_says_what_to_install() -> None:

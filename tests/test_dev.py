@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import PYTHON, ROOT, wait_for
 from tests.redis_servers import free_port
@@ -73,15 +75,61 @@ async def test_dev_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
                 return body if body["status"] == "done" else None
 
             final = await wait_for(done, timeout_s=20, what="the count job")
-        assert [e["seq"] for e in final["events"]] == [1, 2, 3, 4]
-        assert (tmp_path / ".data" / "redis.log").exists()
+            assert [e["seq"] for e in final["events"]] == [1, 2, 3, 4]
+            assert (tmp_path / ".data" / "redis.log").exists()
+
+            # A producer joins the stack with the lines dev printed, and nothing else.
+            produced = await asyncio.to_thread(_produce_with_exports, announced, tmp_path)
+            params = {"token": produced["token"]}
+            body = (await http.get(f"/jobs/{produced['job']}", params=params)).json()
+            assert [e["event"] for e in body["events"]] == ["data", "done"], body
+            # Routine traffic that must not add INFO lines: polls and a WebSocket.
+            for path in ("/metrics", "/healthz", "/readyz"):
+                assert (await http.get(path)).status_code == 200
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send('{"op": "ping"}')
+                await ws.recv()
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=40)[0].decode()
     assert process.returncode == 0, announced + output
     assert "demo page at http://localhost:" in announced
+    assert announced.count("http://") == 1, announced  # one URL to open, not uvicorn's too
     assert "dev: stopped" in output
     assert [pid for pid in children if _alive(pid)] == []
+    for routine in ("GET /metrics", "GET /healthz", "GET /readyz", "connection open"):
+        assert routine not in announced + output, routine
+    assert "uvicorn.error" not in announced + output
+
+
+def _produce_with_exports(announced: str, directory: Path) -> dict[str, str]:
+    """Run a producer in a shell that has only dev's export lines for Redis and the key."""
+    exports = [line.strip() for line in announced.splitlines() if line.startswith("  export ")]
+    assert [line.split("=", 1)[0] for line in exports] == [
+        "export REDIS_URL",
+        "export SECRET_KEY",
+    ], announced
+    program = (
+        "import json; from service.producer import Producer\n"
+        "with Producer() as producer:\n"
+        "    job, token = producer.create()\n"
+        "    with producer.open(job) as j:\n"
+        "        j.emit({'step': 1}); j.done({'ok': True})\n"
+        "print(json.dumps({'job': job, 'token': token}))"
+    )
+    script = "\n".join([*exports, f'exec {PYTHON} -c "$PROGRAM"'])
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=directory,
+        env=_env() | {"PROGRAM": program},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    produced: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return produced
 
 
 def _env() -> dict[str, str]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.keys import Keys
 from service.producer import (
     AsyncProducer,
@@ -237,3 +237,15 @@ def test_the_producer_needs_only_redis_and_orjson() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert found.stdout.strip() == "[]", found.stdout
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_producer_without_a_key_says_where_the_dev_stack_keeps_it(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        Producer() if kind == "sync" else AsyncProducer()
+    message = str(refused.value)
+    assert message.startswith("SECRET_KEY: required"), message
+    assert ".data/dev-secret-key" in message and "REDIS_URL" in message, message

@@ -22,6 +22,8 @@ from service.streams import JobStore
 log = logging.getLogger(__name__)
 
 KINDS_CACHE_S = 5.0
+# An unknown kind's error names the kinds there are, up to this many (workers register them).
+KINDS_SHOWN = 20
 
 
 class Intake:
@@ -162,10 +164,12 @@ class Intake:
             self._kinds = await self.store.registered_kinds()
             self._kinds_read_at = now
         if kind not in self._kinds:
+            known = sorted(set(BUILTIN_HANDLERS) | self._kinds)
+            shown = ", ".join(known[:KINDS_SHOWN]) + (", ..." if len(known) > KINDS_SHOWN else "")
             raise HTTPFailure(
                 400,
                 ErrorCode.UNKNOWN_KIND,
-                f"unknown job kind {kind[:64]!r}: no worker has registered it",
+                f"unknown job kind {kind[:64]!r}: no worker has registered it (known: {shown})",
             )
 
     def _validate(self, kind: str, payload: dict[str, Any]) -> str | None:

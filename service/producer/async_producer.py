@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from service import tokens
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.keys import Keys
 from service.model import EventKind, JobStatus, new_job_id
 from service.producer.errors import JobBusy, NotWritten
@@ -49,8 +49,20 @@ def producer_settings(redis_url: str | None, secret_key: str | None) -> Settings
     if secret_key is not None:
         overrides["secret_key"] = secret_key
     settings = Settings.from_env(**overrides)
-    settings.require_secret_key()
+    require_producer_key(settings)
     return settings
+
+
+def require_producer_key(settings: Settings) -> None:
+    """A producer signs the tokens the gateways check, so it needs their key: say where the
+    dev stack keeps it, since that is where a first producer usually runs against."""
+    if not settings.secret_key:
+        raise ConfigError(
+            "SECRET_KEY: required; a producer signs the watch tokens that your gateways check, "
+            "so it needs the same key (secret_key=..., or the environment). Against `python -m "
+            'service dev`: export SECRET_KEY="$(cat .data/dev-secret-key)" and REDIS_URL=<the '
+            "Redis URL dev prints>, both printed by dev as export lines when it starts"
+        )
 
 
 class AsyncJob:
@@ -121,7 +133,7 @@ class AsyncProducer:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or producer_settings(redis_url, secret_key)
-        self.settings.require_secret_key()
+        require_producer_key(self.settings)
         self.keys = Keys(self.settings.key_prefix, self.settings.job_streams)
         self._factory = RedisFactory(self.settings, "producer")
         self._client = self._factory.commands()

@@ -33,6 +33,7 @@ from service.producer.async_producer import (
     AsyncProducer,
     _json,
     producer_settings,
+    require_producer_key,
 )
 from service.publisher import EmitError, JobFinished
 
@@ -211,7 +212,7 @@ class Producer:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or producer_settings(redis_url, secret_key)
-        self.settings.require_secret_key()
+        require_producer_key(self.settings)
         self._lock = threading.Lock()
         self._thread: _LoopThread | None = None
         self._producer: AsyncProducer | None = None

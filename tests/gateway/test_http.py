@@ -172,3 +172,12 @@ async def test_the_demo_page_is_served(http: httpx.AsyncClient) -> None:
     assert "export function watch" in module.text
     missing = await http.get("/static/nothing.js")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_an_unknown_kind_names_the_kinds_there_are(http: httpx.AsyncClient) -> None:
+    response = await http.post("/jobs", json={"kind": "cuont", "payload": {}})
+    assert_error(response, 400, "unknown_kind")
+    message = response.json()["error"]["message"]
+    assert "'cuont'" in message, message
+    known = message.split("(known: ", 1)[1].rstrip(")").split(", ")
+    assert {"count", "echo", "fail", "sleep"} <= set(known), message
