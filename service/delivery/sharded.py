@@ -8,7 +8,7 @@ first local watcher of a job arrives, one when the last leaves, nothing while id
 (a resubscription never mixes slots: the redis-py bug that silently stopped delivery).
 
 redis-py 8's asyncio cluster Pub/Sub reads one node at a time and does not move the channels
-of a node that went away (see the README's Redis Cluster notes), so the shard connections are
+of a node that went away (see docs/redis-cluster.md), so the shard connections are
 ours: redis-py's `Connection` for the handshake (auth, TLS, client name), our own reading.
 
 Topology changes are subscriber losses like any other. A shard connection that drops (a

@@ -245,7 +245,7 @@ async def test_a_stream_ends_on_shutdown_and_resumes_elsewhere(
 
 
 async def test_the_readmes_curl_example(server: RedisServer) -> None:
-    """`curl -N` as the README shows it: every event of a job, and curl ends with the job."""
+    """`curl -N` as docs/protocol.md shows it: every event of a job, and curl ends with the job."""
     curl = shutil.which("curl")
     if curl is None:
         if os.environ.get("CI"):
