@@ -123,6 +123,9 @@ async def test_the_page_shows_a_count_job_in_order_across_a_gateway_restart(
             phone = await browser.new_page(viewport={"width": 390, "height": 844})
             await phone.goto(base)
             await expect(phone.locator("#socket")).to_have_text("not open yet")
+            # The form is on the first screen, submit button included.
+            button = await phone.get_by_role("button", name="Submit and watch").bounding_box()
+            assert button is not None and button["y"] + button["height"] <= 844, button
             overflow = await phone.evaluate(
                 "() => document.documentElement.scrollWidth - window.innerWidth"
             )
@@ -176,8 +179,35 @@ async def test_the_page_explains_itself_and_shows_progress_rate_and_charts(
             "data-max", re.compile(r"^[1-9]")
         )
         await expect(page.locator("#chart-commands")).to_have_attribute(
-            "data-points", re.compile(r"^([2-9]|\\d\\d)")
+            "data-points", re.compile(r"^([2-9]|\d\d)")
         )
+        # The commands tile and its chart's last point are one figure, read in one refresh.
+        tile, last = await page.evaluate(
+            "() => [document.getElementById('commands').textContent,"
+            " document.getElementById('chart-commands').dataset.last]"
+        )
+        assert tile == last and re.fullmatch(r"\d+(\.\d)?", tile), (tile, last)
+        # Both charts span the whole width from their first readings on.
+        for chart in ("#chart-delivered", "#chart-commands"):
+            points = await page.locator(f"{chart} polyline").get_attribute("points")
+            xs = [float(point.split(",")[0]) for point in (points or "").split()]
+            assert xs[0] == 0 and xs[-1] == 300, (chart, xs)
+        # A card: the kind as its title, the job id whole on one line, no empty padding shown.
+        await expect(card.locator("h3")).to_have_text("count")
+        job_id = await card.get_attribute("data-job")
+        await expect(card.locator(".id")).to_have_text(job_id or "?")
+        assert await card.locator(".id").evaluate("e => e.getClientRects().length") == 1
+        lines = await card.locator(".events li").all_text_contents()
+        assert lines[0] == 'data {"i":1}' and not any("pad" in line for line in lines), lines
+        # A one-event card beside it is not stretched to the height of its row.
+        await page.get_by_label("Kind").select_option("echo")
+        await page.get_by_role("button", name="Submit and watch").click()
+        echo = page.locator(".job").first  # the newest card comes first
+        await expect(echo.locator("h3")).to_have_text("echo")
+        await expect(echo.locator(".status")).to_have_text("done")
+        count_card = page.locator(f'.job[data-job="{job_id}"]')
+        heights = [await c.evaluate("e => e.offsetHeight") for c in (echo, count_card)]
+        assert heights[0] < heights[1], heights
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "demo-page-charts.png"), full_page=True)
         # Checked and closed while the gateway still runs: its next /metrics read would fail.
