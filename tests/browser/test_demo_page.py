@@ -27,6 +27,7 @@ from service.config import Settings
 from service.model import new_job_id
 from tests import ws_client
 from tests.conftest import ROOT, make_settings, wait_for
+from tests.test_docs import section
 from tests.processes import (
     gateway_process,
     ready,
@@ -363,3 +364,23 @@ async def test_the_browser_client_passes_transient_errors_and_goes_on(
         )
     assert result["seqs"] == [list(range(1, 10))] * 2, result
     assert result["errors"] and {tuple(e) for e in result["errors"]} == {("capacity", True)}
+
+
+async def test_the_readmes_browser_snippet_runs_as_written(
+    browser: Browser, settings: Settings, migrated: redis.Redis
+) -> None:
+    tour = section((ROOT / "README.md").read_text(), "A five-minute tour")
+    (snippet,) = re.findall(r"```js\n(.*?)```", tour, re.DOTALL)
+    page = await browser.new_page()
+    problems = _watch_for_problems(page)
+    logged: list[str] = []
+    page.on("console", lambda message: logged.append(message.text))
+    async with running_worker(settings), running_gateway(settings) as base:
+        await page.goto(base)
+        await page.add_script_tag(content=snippet, type="module")
+        await wait_for(lambda: "done" in logged, timeout_s=20, what="the snippet's onDone")
+        await page.close()
+    # onEvent logs "seq data" for each event: five data events and done, in order.
+    events = [line for line in logged if line != "done"]
+    assert [line.split(" ", 1)[0] for line in events] == ["1", "2", "3", "4", "5", "6"], logged
+    assert not problems, problems
