@@ -27,7 +27,6 @@ from service.config import Settings
 from service.model import new_job_id
 from tests import ws_client
 from tests.conftest import ROOT, make_settings, wait_for
-from tests.test_docs import section
 from tests.processes import (
     gateway_process,
     ready,
@@ -36,6 +35,7 @@ from tests.processes import (
     running_worker,
 )
 from tests.redis_servers import RedisServer, free_port
+from tests.test_docs import section
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".ci" / "artifacts"
