@@ -107,6 +107,8 @@ class Settings:
     # A connection must complete its request's headers this soon after it opens (or after
     # its previous response): silent and trickling connections cannot pile up.
     request_header_timeout_s: float = _env("REQUEST_HEADER_TIMEOUT_S", _float)
+    # A request's body must arrive in full this soon after its headers (slow-body attacks).
+    request_body_timeout_s: float = _env("REQUEST_BODY_TIMEOUT_S", _float)
 
     # Pub/Sub liveness probe: sent only after this long without any message.
     probe_after_s: float = _env("PROBE_AFTER_S", _float)
@@ -179,6 +181,7 @@ class Settings:
             "max_job_bytes",
             "job_timeout_s",
             "request_header_timeout_s",
+            "request_body_timeout_s",
             "redis_socket_timeout_s",
             "redis_connect_timeout_s",
             "redis_max_connections",
@@ -257,6 +260,7 @@ DEFAULTS: dict[str, Any] = {
     "max_replay_events": 100_000,
     "shutdown_grace_s": 5.0,
     "request_header_timeout_s": 10.0,
+    "request_body_timeout_s": 30.0,
     "probe_after_s": 60.0,
     "probe_timeout_s": 5.0,
     "xread_block_ms": 15_000,

@@ -92,6 +92,8 @@ class Limits:
     max_events: int = 1_000_000
     max_event_bytes: int = 1024 * 1024
     max_job_bytes: int = 64 * 1024 * 1024
+    # JOB_TIMEOUT_S: a built-in job that would need longer is refused, not run and failed.
+    max_run_s: float = 600.0
 
 
 def validate_count(payload: dict[str, Any], limits: Limits = Limits()) -> str | None:
@@ -114,6 +116,12 @@ def validate_count(payload: dict[str, Any], limits: Limits = Limits()) -> str | 
             f"payload: n x size would store about {n * event} bytes, over MAX_JOB_BYTES "
             f"({limits.max_job_bytes})"
         )
+    run_s = n * payload.get("interval_ms", 0) / 1000
+    if run_s > limits.max_run_s:
+        return (
+            f"payload: n x interval_ms would run for {run_s:g} s, over JOB_TIMEOUT_S "
+            f"({limits.max_run_s:g})"
+        )
     return None
 
 
@@ -125,12 +133,16 @@ def event_fits(data: Any, limits: Limits) -> str | None:
     return None
 
 
-def validate_sleep(payload: dict[str, Any]) -> str | None:
+def validate_sleep(payload: dict[str, Any], limits: Limits = Limits()) -> str | None:
     seconds = payload.get("seconds")
     if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         return "payload.seconds must be a number"
-    if not 0 <= seconds <= MAX_SLEEP_S:
-        return f"payload.seconds must be between 0 and {MAX_SLEEP_S:g}, got {seconds}"
+    longest = min(MAX_SLEEP_S, limits.max_run_s)
+    if not 0 <= seconds <= longest:
+        return (
+            f"payload.seconds must be between 0 and {longest:g} (a job runs for at most "
+            f"JOB_TIMEOUT_S), got {seconds}"
+        )
     return None
 
 
@@ -154,7 +166,7 @@ def validate_builtin(kind: str, payload: dict[str, Any], limits: Limits) -> str 
         problem = event_fits({"message": payload["message"]}, limits)
         return f"payload.message: {problem}" if problem else None
     if kind == "sleep":
-        return validate_sleep(payload)
+        return validate_sleep(payload, limits)
     return None
 
 

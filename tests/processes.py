@@ -109,10 +109,11 @@ def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Pop
 
 
 def gateway_process(
-    url: str, port: int
+    url: str, port: int, **env: str
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """A gateway as a child process on `port`, so that a test can kill and restart it."""
-    return service_process(url, "gateway", "--port", str(port))
+    """A gateway as a child process on `port` (with these settings in its environment), so
+    that a test can kill and restart it, or read its memory and file descriptors."""
+    return service_process(url, "gateway", "--port", str(port), **env)
 
 
 async def ready(base: str) -> bool:

@@ -177,7 +177,8 @@ def create_app(settings: Settings) -> GatewayApp:
         status = getattr(exc, "status_code", 500)
         codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.BAD_REQUEST}
         detail = getattr(exc, "detail", "") or "error"
-        return error_response(status, codes.get(status, ErrorCode.BAD_REQUEST), str(detail))
+        code = codes.get(status, ErrorCode.BAD_REQUEST)
+        return error_response(status, code, str(detail), getattr(exc, "headers", None))
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
         log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import Response
 
 from service.codec import http_error
@@ -20,9 +22,15 @@ class HTTPFailure(Exception):
         self.message = message
 
 
-def error_response(status: int, code: ErrorCode, message: str) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    return Response(http_error(code, message), status, headers, media_type="application/json")
+def error_response(
+    status: int, code: ErrorCode, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The contract's error body; `Retry-After` on 429 and 503, and any `headers` given
+    (a 405's `Allow`)."""
+    extra = dict(headers or {})
+    if status in (429, 503):
+        extra["Retry-After"] = RETRY_AFTER_S
+    return Response(http_error(code, message), status, extra or None, media_type="application/json")
 
 
 def service_error_response(error: ServiceError) -> Response:

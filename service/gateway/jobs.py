@@ -26,6 +26,24 @@ KINDS_CACHE_S = 5.0
 KINDS_SHOWN = 20
 
 
+def read_position(job: str, token: str | None, after: str | None, settings: Settings) -> int:
+    """What `GET /jobs/{job}` and its event stream check first, in the same order and with
+    the same answers: the job id (400), its token (403), then `after` (400). Returns the
+    sequence number to read after."""
+    if not is_job_id(job):
+        raise HTTPFailure(
+            400,
+            ErrorCode.BAD_REQUEST,
+            "job id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+        )
+    if not tokens.verify(job, token, settings.token_keys):
+        raise HTTPFailure(403, ErrorCode.FORBIDDEN, "the token is not valid for this job")
+    try:
+        return seq_of_stream_id(after) if after else 0
+    except ValueError as e:
+        raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
+
+
 class Intake:
     """Validates submissions and reads jobs back; holds no Redis connection of its own."""
 
@@ -38,6 +56,7 @@ class Intake:
             max_events=settings.max_events_per_job,
             max_event_bytes=settings.max_event_bytes,
             max_job_bytes=settings.max_job_bytes,
+            max_run_s=settings.job_timeout_s,
         )
 
     async def submit(self, request: Request) -> Response:
@@ -87,19 +106,8 @@ class Intake:
 
     async def read(self, request: Request) -> Response:
         job = request.path_params["job"]
-        if not is_job_id(job):
-            raise HTTPFailure(
-                400,
-                ErrorCode.BAD_REQUEST,
-                "job id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
-            )
-        if not tokens.verify(job, request.query_params.get("token"), self.settings.token_keys):
-            raise HTTPFailure(403, ErrorCode.FORBIDDEN, "the token is not valid for this job")
-        after = request.query_params.get("after")
-        try:
-            after_seq = seq_of_stream_id(after) if after else 0
-        except ValueError as e:
-            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
+        params = request.query_params
+        after_seq = read_position(job, params.get("token"), params.get("after"), self.settings)
         snapshot = await self.store.snapshot(
             job,
             after_seq,

@@ -12,8 +12,13 @@ its owner a `drained` call, made when the queue falls to half the limit; the hub
 every watch it paused for this client then. Because the debt is recorded in the same step
 that refuses, and paid by the only code that shrinks the queue, no wake-up can be lost.
 
+Replies (pongs, `watching`, errors) are queued outside flow control, but they count: while
+the queue is at its limit the client's next request is not read (`wait_for_room`), so a
+client that asks without reading cannot grow it past one request's replies.
+
 A client that accepts nothing for `stall_timeout_s` while frames wait is `stalled`: its owner
-closes it (1013). A client that reads slowly but steadily is never closed.
+closes it (1013), or ends it at once when it was closing already and even that close cannot
+go out. A client that reads slowly but steadily is never closed.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Outbox:
         "_progress_at",
         "_queue",
         "_resume_at",
+        "_room",
         "_send_close",
         "_send_frame",
         "_sending",
@@ -100,6 +106,7 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None  # only while a send has to wait
         self._sending = False  # sends are under way in this very step
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._room: asyncio.Event | None = None  # only while a reader waits for room
         self._loop = asyncio.get_running_loop()
         self._progress_at = self.last_sent_at = self._loop.time()
         self.close_code: int | None = None
@@ -138,6 +145,23 @@ class Outbox:
         self._backlog += len(frame)
         self._kick()
 
+    @property
+    def full(self) -> bool:
+        """At the limit: the client's next request waits (`wait_for_room`)."""
+        return self._backlog >= self._limit and not self._closing
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue is below its limit, or closing."""
+        while self.full:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+
+    def _wake_reader(self) -> None:
+        if self._room is not None and not self.full:
+            self._room.set()
+
     def close(self, code: int, reason: str) -> None:
         """Queue the close frame behind what is queued; nothing is queued after it."""
         if self._closing:
@@ -146,12 +170,14 @@ class Outbox:
         self._owed = False
         self.close_code = code
         self._queue.append(Close(code, reason))
+        self._wake_reader()
         self._kick()
 
     def drop_queued(self) -> None:
         """Forget what waits (a stalled client): the stream still holds every event."""
         self._queue.clear()
         self._backlog = 0
+        self._wake_reader()
 
     def client_gone(self, code: int) -> None:
         """The client disconnected: nothing more can be sent."""
@@ -159,6 +185,7 @@ class Outbox:
         self._owed = False
         if self.close_code is None:
             self.close_code = code
+        self._wake_reader()
 
     @property
     def closing(self) -> bool:
@@ -240,6 +267,8 @@ class Outbox:
         if self._owed and self._backlog <= self._resume_at:
             self._owed = False
             self._on_drained()
+        if self._room is not None:
+            self._wake_reader()
 
     async def _write_rest(self, pending: Continue[None], item: bytes | Close) -> None:
         """Finish a send that had to wait, then send what queued up behind it."""
@@ -269,10 +298,11 @@ class Outbox:
     def _check_stall(self) -> None:
         """Runs every `stall_timeout_s` while a send waits; idle clients cost no timer."""
         self._stall_timer = None
-        if self._writer is None or self._closing:
+        if self._writer is None:
             return
         due = self._progress_at + self._stall_s
         if self._loop.time() >= due:
+            # Closing or not: a close that cannot be sent either is the owner's to end.
             self._on_stalled()
             return
         self._stall_timer = self._loop.call_at(due, self._check_stall)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import orjson
 
@@ -17,7 +18,8 @@ class CloseCode(IntEnum):
     NORMAL = 1000  # an event stream (SSE) whose job ended
     IDLE = 1000  # nothing sent or received for IDLE_TIMEOUT_S
     GOING_AWAY = 1001  # the gateway is shutting down
-    POLICY = 1008  # too many bad frames, or an Origin that is not allowed
+    INVALID_TEXT = 1007  # a text frame that is not UTF-8
+    POLICY = 1008  # too many bad frames, an Origin not allowed, a message left unfinished
     TOO_LARGE = 1009  # a frame over MAX_FRAME_BYTES (uvicorn enforces it)
     INTERNAL_ERROR = 1011
     TRY_LATER = 1013  # accepted nothing for SEND_STALL_TIMEOUT_S, or the gateway is full
@@ -93,3 +95,16 @@ def parse(text: str) -> ClientOp:
     if isinstance(op, str):
         raise BadFrame(f"unknown op {op[:32]!r}; expected one of {', '.join(OPS)}")
     raise BadFrame(f"field 'op' must be one of {', '.join(OPS)}, got {json_type(op)}")
+
+
+def origin_allowed(scope: dict[str, Any], allowed: tuple[str, ...]) -> bool:
+    """Whether a WebSocket or an event stream may open, by its `Origin` (ALLOWED_ORIGINS).
+
+    Only browsers send `Origin`, and they always do: a wrong one is refused; none at all
+    (the CLI, a backend) cannot be a page of another site, and is admitted."""
+    if not allowed:
+        return True
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            return value.decode("latin-1") in allowed
+    return True

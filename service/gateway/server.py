@@ -10,8 +10,9 @@ import uvicorn
 
 from service.config import Settings
 from service.gateway.app import GatewayApp, create_app
-from service.gateway.http_protocol import header_deadline_protocol
+from service.gateway.http_protocol import guarded_http_protocol
 from service.gateway.sessions import Sessions
+from service.gateway.ws_protocol import guarded_ws_protocol
 from service.keys import Keys
 from service.migrate import require_layout
 from service.redis_client import RedisFactory, redis_errors
@@ -27,8 +28,9 @@ def uvicorn_config(
         host=host,
         port=port,
         log_config=None,  # our handlers, with secret redaction
-        http=header_deadline_protocol(settings.request_header_timeout_s),
-        ws="websockets-sansio",
+        # Deadlines and limits on what one connection may hold, below the application.
+        http=guarded_http_protocol(settings),
+        ws=guarded_ws_protocol(settings),
         ws_max_size=settings.max_frame_bytes,
         # Compression would cost a zlib context per socket (memory) for little gain on
         # small JSON frames; idle sockets must stay cheap.
@@ -71,6 +73,7 @@ class GatewayServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self._sessions = sessions
+        sessions.count_connections = lambda: len(self.server_state.connections)
         self._grace_s = grace_s
         self._send_buffer_bytes = send_buffer_bytes
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from service.gateway.protocol import CloseCode
@@ -20,6 +21,19 @@ class Sessions:
         self.open: set[Closable] = set()
         self.shutting_down = False
         self._done = asyncio.Event()
+        # Every TCP connection of the server (set by the server that runs this app): a socket
+        # being closed, a response nobody reads and an idle keep-alive connection hold a file
+        # descriptor and buffers as much as a live socket, so all of them count.
+        self.count_connections: Callable[[], int] | None = None
+
+    def at_capacity(self, limit: int) -> bool:
+        """True when one more socket or stream would exceed `limit` (MAX_SOCKETS).
+
+        The connection asking is one of the server's connections already, so it is allowed
+        while there are at most `limit` of them (itself included)."""
+        if self.count_connections is not None:
+            return self.count_connections() > limit or len(self.open) >= limit
+        return len(self.open) >= limit
 
     def add(self, session: Closable) -> None:
         self.open.add(session)

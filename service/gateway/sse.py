@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from service import codec, tokens
+from service import codec
 from service.delivery.base import Delivery
 from service.gateway.errors import HTTPFailure
+from service.gateway.jobs import read_position
 from service.gateway.outbox import Outbox
-from service.gateway.protocol import CloseCode
-from service.model import ErrorCode, JobStatus, seq_of_stream_id
+from service.gateway.protocol import CloseCode, origin_allowed
+from service.model import ErrorCode, JobStatus
 from service.stats import GatewayStats
 
 if TYPE_CHECKING:
@@ -171,6 +172,11 @@ class SseStream:
         self.close(CloseCode.NORMAL, "the job had ended")
 
     def _stalled(self) -> None:
+        if self.outbox.closing:
+            # Its end is queued behind what it does not read (a job that ended): end it now.
+            self._end_by = self._loop.time()
+            self._wake.set()
+            return
         self._stats.slow_client_closes += 1
         log.info(
             "ending an event stream that accepted nothing for %.0fs",
@@ -219,17 +225,14 @@ class SseEndpoint:
         error: the same answers as `GET /jobs/{job}`, and 503 when at capacity."""
         settings = gateway.settings
         query = _query(scope)
-        if not tokens.verify(job, query.get("token"), settings.token_keys):
-            raise HTTPFailure(403, ErrorCode.FORBIDDEN, "the token is not valid for this job")
         after = _header(scope, b"last-event-id") or query.get("after")
-        try:
-            after_seq = seq_of_stream_id(after) if after else 0
-        except ValueError as e:
-            raise HTTPFailure(400, ErrorCode.BAD_REQUEST, f"after: {e}") from e
+        after_seq = read_position(job, query.get("token"), after, settings)
+        if not origin_allowed(scope, settings.allowed_origins):
+            raise HTTPFailure(403, ErrorCode.FORBIDDEN, "origin not allowed")
         if gateway.sessions.shutting_down:
             raise HTTPFailure(503, ErrorCode.UNAVAILABLE, "server shutting down, retry")
-        if len(gateway.sessions.open) >= settings.max_sockets:
-            log.warning("refusing an event stream: %d open, the limit", len(gateway.sessions.open))
+        if gateway.sessions.at_capacity(settings.max_sockets):
+            log.warning("refusing an event stream: %d connections open", settings.max_sockets)
             raise HTTPFailure(503, ErrorCode.CAPACITY, "server at capacity, retry later")
         position = await gateway.intake.store.position(job)
         if position is None:

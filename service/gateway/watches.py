@@ -92,6 +92,8 @@ class Watches:
         self._delivery.drained(self)
 
     def _stalled(self) -> None:
+        if self.outbox.closing:
+            return  # its close is queued: the session ends it within SHUTDOWN_GRACE_S
         self._stats.slow_client_closes += 1
         log.info(
             "closing a client that accepted nothing for %.0fs (%d bytes waiting)",

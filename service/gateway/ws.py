@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
 from service.delivery.base import Delivery
-from service.gateway.protocol import BadFrame, CloseCode
+from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
 from service.gateway.watches import Watches
 from service.stats import GatewayStats
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from service.gateway.app import Gateway
 
 log = logging.getLogger(__name__)
+
+# Client messages read in a row before the session lets the event loop run something else.
+YIELD_EVERY = 32
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -108,6 +111,7 @@ class WebSocketSession:
     async def _read_loop(self) -> None:
         idle_s = self._settings.idle_timeout_s
         receive, watches, outbox = self._receive, self.watches, self.watches.outbox
+        read = 0
         while True:
             now = self._loop.time()
             if outbox.closing:
@@ -121,6 +125,8 @@ class WebSocketSession:
                     continue
             try:
                 async with asyncio.timeout_at(deadline) as self._read_timeout:
+                    if outbox.full:  # replies count: no request is read while they cannot queue
+                        await outbox.wait_for_room()
                     message = await receive()
             except TimeoutError:
                 continue
@@ -133,6 +139,11 @@ class WebSocketSession:
             if kind != "websocket.receive" or outbox.closing:
                 continue
             self._last_read = self._loop.time()
+            read += 1
+            if not read % YIELD_EVERY:
+                # uvicorn hands over all the messages of one read at once (thousands of
+                # small ones in a flood): let the other clients' sends in between.
+                await asyncio.sleep(0)
             text = message.get("text")
             if text is None:
                 watches.bad_frame(BadFrame("frames must be text (JSON), not binary"))
@@ -152,10 +163,12 @@ class WebSocketEndpoint:
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
         session = WebSocketSession(receive, send, gateway.delivery, settings, stats)
-        if not _origin_allowed(scope, settings.allowed_origins):
+        if not origin_allowed(scope, settings.allowed_origins):
             session.close(CloseCode.POLICY, "origin not allowed")
-        elif len(sessions.open) >= settings.max_sockets:
-            log.warning("refusing a WebSocket: %d open, the limit", len(sessions.open))
+        elif sessions.at_capacity(settings.max_sockets):
+            log.warning(
+                "refusing a WebSocket: %d connections open, the limit", settings.max_sockets
+            )
             session.close(CloseCode.TRY_LATER, "server at capacity, retry later")
         elif sessions.shutting_down:
             session.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -167,14 +180,3 @@ class WebSocketEndpoint:
         finally:
             stats.sockets_open -= 1
             sessions.remove(session)
-
-
-def _origin_allowed(scope: dict[str, Any], allowed: tuple[str, ...]) -> bool:
-    """Only browsers send `Origin`, and they always do: a wrong one is refused; none at all
-    (the CLI, a backend) cannot be a page of another site, and is admitted."""
-    if not allowed:
-        return True
-    for name, value in scope.get("headers", ()):
-        if name == b"origin":
-            return value.decode("latin-1") in allowed
-    return True

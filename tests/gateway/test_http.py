@@ -181,3 +181,21 @@ async def test_an_unknown_kind_names_the_kinds_there_are(http: httpx.AsyncClient
     assert "'cuont'" in message, message
     known = message.split("(known: ", 1)[1].rstrip(")").split(", ")
     assert {"count", "echo", "fail", "sleep"} <= set(known), message
+
+
+async def test_a_method_not_allowed_says_which_are(http: httpx.AsyncClient) -> None:
+    response = await http.delete("/jobs")
+    assert_error(response, 405, "bad_request")
+    assert response.headers["allow"] == "POST", response.headers
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [("sleep", {"seconds": 601}), ("count", {"n": 700, "interval_ms": 1000})],
+)
+async def test_a_built_in_job_that_would_outlive_its_time_limit_is_refused(
+    http: httpx.AsyncClient, kind: str, payload: dict[str, Any]
+) -> None:
+    response = await http.post("/jobs", json={"kind": kind, "payload": payload})
+    assert_error(response, 400, "bad_request")
+    assert "JOB_TIMEOUT_S" in response.json()["error"]["message"]

@@ -276,3 +276,31 @@ async def test_a_stream_without_events_ends_after_the_idle_timeout(server: Redis
         async with http.stream("GET", f"/jobs/{job}/events", params={"token": token}) as r:
             got = [m async for m in messages(r)]  # returns once the response has ended
     assert got and all(m.comment == "keepalive" for m in got)
+
+
+async def test_an_event_stream_checks_what_get_checks_and_the_origin(
+    server: RedisServer,
+) -> None:
+    """One check for both reads: a malformed id is 400 on each (the stream said 403); and a
+    browser's Origin is held to ALLOWED_ORIGINS as a WebSocket's is (the stream ignored it)."""
+    settings = settings_for(server, "pubsub", allowed_origins=("https://app.example",))
+    async with (
+        running_worker(settings),
+        running_gateway(settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        for path in ("/jobs/not*an*id", "/jobs/not*an*id/events"):
+            reply = await http.get(path, params={"token": "t"})
+            assert reply.status_code == 400, (path, reply.text)
+            assert reply.json()["error"]["code"] == "bad_request"
+        job, token = await submit(base, "count", {"n": 2})
+        params = {"token": token}
+        wrong = await http.get(
+            f"/jobs/{job}/events", params=params, headers={"Origin": "https://evil.example"}
+        )
+        assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
+        for origin in ({"Origin": "https://app.example"}, {}):  # right, or none (not a browser)
+            async with http.stream(
+                "GET", f"/jobs/{job}/events", params=params, headers=origin
+            ) as reply:
+                assert reply.status_code == 200, origin

@@ -1,0 +1,172 @@
+"""uvicorn's sans-I/O WebSocket protocol, with what one cheap socket may cost bounded.
+
+What uvicorn's `websockets-sansio` protocol does below the application, and what changes here:
+
+- It answers every ping at once, whether or not the client reads: a client that sends pings
+  and reads nothing grew the gateway by 25 MiB/s. Here a ping is not answered while the send
+  side is full (the transport above its high-water mark), and a send side that stays full for
+  `SEND_STALL_TIMEOUT_S` plus `SHUTDOWN_GRACE_S`, whatever filled it, closes the socket with
+  1013 (the close frame queued behind what is buffered) and drops it a grace period later.
+  This is the backstop: a client that does not take its events is closed first by its session
+  (`Outbox`), which counts it.
+- It keeps an unfinished message (a fragment, or a frame not yet whole) for as long as the
+  client likes. Here a message must be finished within `REQUEST_HEADER_TIMEOUT_S` of its
+  first byte, or the socket is closed with 1008.
+- After the application has closed the socket it waits for the client's close reply, and
+  `transport.close()` waits for the send buffer to drain: a client that reads nothing kept its
+  file descriptor and megabytes of kernel memory until it left. Here the TCP connection is
+  dropped `SHUTDOWN_GRACE_S` after the application ends (at once when nothing can be sent).
+- A text frame that is not UTF-8 is closed with 1007 and logged as one line, not an ERROR
+  with a traceback.
+
+It relies on attributes of uvicorn's class (`conn`, `frames`, `writable`, `close_sent`,
+`transport`, `handshake_complete`) and on `websockets`' `ServerProtocol.reader.buffer`;
+`tests/gateway/test_ws_protocol.py` checks that they exist in the pinned versions
+(`constraints.txt`), so an upgrade that moves them fails there, not in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from service.config import Settings
+from service.gateway.http_protocol import reset
+from service.gateway.protocol import CloseCode
+
+log = logging.getLogger(__name__)
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with bounded pongs, message deadlines and dropped closes."""
+
+    message_timeout_s = 10.0
+    stall_timeout_s = 10.0
+    grace_s = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unfinished: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._drop: asyncio.TimerHandle | None = None
+
+    # -- what the client sends ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.disconnected or self.close_sent:
+            self._cancel_unfinished()
+        elif self.frames or (self.handshake_complete and self.conn.reader.buffer):
+            if self._unfinished is None:  # the deadline runs from the message's first byte
+                self._unfinished = self.loop.call_later(
+                    self.message_timeout_s, self._message_expired
+                )
+        else:
+            self._cancel_unfinished()
+
+    def handle_ping(self) -> None:
+        pong = self.conn.data_to_send()  # websockets queued the pong already
+        if self.writable.is_set():
+            self.transport.write(b"".join(pong))
+        # else: the client reads nothing; answering would grow the send buffer without bound
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                log.info("closing a WebSocket that sent a text frame that is not UTF-8 (1007)")
+                self._fail(CloseCode.INVALID_TEXT, "text frames must be UTF-8")
+                return
+        super().send_receive_event_to_app()
+
+    def _message_expired(self) -> None:
+        self._unfinished = None
+        if self.close_sent or self.disconnected:
+            return
+        log.info(
+            "closing a WebSocket whose message stayed unfinished for %gs (1008)",
+            self.message_timeout_s,
+        )
+        self._fail(CloseCode.POLICY, "message not finished in time")
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close the socket from below the application, which is told it was closed; the
+        close frame gets the grace period to go out behind what is buffered."""
+        self.conn.fail(code, reason)
+        self.handle_parser_exception()  # tells the app, sends the close, closes the transport
+        self._drop_later(self.grace_s)
+
+    def _cancel_unfinished(self) -> None:
+        if self._unfinished is not None:
+            self._unfinished.cancel()
+            self._unfinished = None
+
+    # -- what the client does not read --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.stall_timeout_s + self.grace_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.disconnected:
+            return
+        log.info(
+            "closing a WebSocket whose client accepted nothing for %gs (1013)",
+            self.stall_timeout_s + self.grace_s,
+        )
+        if self.close_sent:
+            reset(self.transport)  # even its close frame cannot be sent
+        else:
+            self._fail(CloseCode.TRY_LATER, "accepted nothing for too long: reconnect and resume")
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    # -- the end of the socket ----------------------------------------------------------------
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        # The application is done with the socket: whatever the client does, the connection
+        # goes within the grace period; at once when its close could not even be handed over
+        # (the session gave it the grace period already).
+        self._drop_later(0.0 if not self.writable.is_set() else self.grace_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_unfinished()
+        self._cancel_stall()
+        if self._drop is not None:
+            self._drop.cancel()
+            self._drop = None
+        super().connection_lost(exc)
+
+    def _drop_later(self, delay_s: float) -> None:
+        """Reset the connection after `delay_s`, unless a reset is due already."""
+        if self.disconnected or self._drop is not None:
+            return
+        self._drop = self.loop.call_later(delay_s, reset, self.transport)
+
+
+def guarded_ws_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
+    """The protocol class for uvicorn's `ws=`, with these settings' deadlines."""
+    return type(
+        "GuardedWebSocketProtocol",
+        (GuardedWebSocketProtocol,),
+        {
+            "message_timeout_s": settings.request_header_timeout_s,
+            "stall_timeout_s": settings.send_stall_timeout_s,
+            "grace_s": settings.shutdown_grace_s,
+        },
+    )

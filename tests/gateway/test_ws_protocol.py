@@ -1,0 +1,88 @@
+"""The guarded protocols under uvicorn: what they rely on exists in the pinned versions, and a
+text frame that is not UTF-8 is one log line, not an ERROR with a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis.asyncio as redis
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.server import ServerProtocol
+
+from service.config import Settings
+from tests.attackers import frame, open_websocket, read_close_code
+from tests.processes import running_gateway
+
+
+async def _app(scope: object, receive: object, send: object) -> None:
+    """An ASGI app that is never called: the protocols are only built here."""
+
+
+def test_what_the_guarded_protocols_rely_on_exists() -> None:
+    """uvicorn's and websockets' names that `ws_protocol.py` and `http_protocol.py` use: an
+    upgrade that renames one fails here, with its name, rather than in production."""
+    config = uvicorn.Config(_app, ws="websockets-sansio", lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        ws = WebSocketsSansIOProtocol(config, ServerState(), {}, _loop=loop)
+        http = HttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+    finally:
+        loop.close()
+    for name in ("conn", "frames", "writable", "close_sent", "disconnected"):
+        assert hasattr(ws, name), f"WebSocketsSansIOProtocol.{name}"
+    for name in ("handshake_complete", "curr_msg_data_type", "loop", "logger"):
+        assert hasattr(ws, name), f"WebSocketsSansIOProtocol.{name}"
+    for method in (
+        "data_received",
+        "handle_ping",
+        "send_receive_event_to_app",
+        "handle_parser_exception",
+        "run_asgi",
+        "pause_writing",
+        "resume_writing",
+        "connection_lost",
+    ):
+        assert callable(getattr(ws, method, None)), f"WebSocketsSansIOProtocol.{method}"
+    assert isinstance(ServerProtocol().reader.buffer, bytearray)
+    for name in ("cycle", "parser", "logger", "loop"):
+        assert hasattr(http, name), f"HttpToolsProtocol.{name}"
+    for name in ("url", "headers"):  # each request's, set as it begins
+        assert name in HttpToolsProtocol.on_message_begin.__code__.co_names, name
+    for method in (
+        "on_message_begin",
+        "on_headers_complete",
+        "on_message_complete",
+        "handle_websocket_upgrade",
+        "send_400_response",
+    ):
+        assert callable(getattr(http, method, None)), f"HttpToolsProtocol.{method}"
+    assert isinstance(ServerState().connections, set)
+
+
+@pytest.mark.logs_errors  # the guard must not hide an ERROR: the assertion below checks
+async def test_text_that_is_not_utf8_closes_with_1007_and_one_quiet_line(
+    settings: Settings, migrated: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_gateway(settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def send_invalid() -> int | None:
+            sock = open_websocket(port)
+            sock.sendall(frame(b'{"op": "ping", "x": "\xff\xfe"}'))
+            code = read_close_code(sock)
+            sock.close()
+            return code
+
+        codes = [await asyncio.to_thread(send_invalid) for _ in range(5)]
+    assert codes == [1007] * 5
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert loud == [], [r.getMessage() for r in loud]
+    said = [r for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(said) == 5 and all(r.levelno == logging.INFO for r in said)
