@@ -96,8 +96,11 @@ class Settings:
     max_watches_per_socket: int = _env("MAX_WATCHES_PER_SOCKET", _int)
     max_send_queue_bytes: int = _env("MAX_SEND_QUEUE_BYTES", _int)
     send_stall_timeout_s: float = _env("SEND_STALL_TIMEOUT_S", _float)
-    # The kernel's send buffer per connection (SO_SNDBUF); 0 leaves Linux's autotuning, which
-    # lets each connection that stops reading hold up to `net.ipv4.tcp_wmem`'s maximum.
+    # The kernel's send buffer per connection (SO_SNDBUF). 0 leaves Linux's autotuning, which
+    # lets each connection that stops reading hold up to `net.ipv4.tcp_wmem`'s maximum (4 MiB
+    # here); 256 KiB cost no delivered event/s on loopback (docs/security.md) and bound one
+    # stuck client to about twice that (the kernel doubles it), for about 5 MB/s per
+    # connection at 50 ms round trip.
     socket_send_buffer_bytes: int = _env("SOCKET_SEND_BUFFER_BYTES", _int)
     max_sockets: int = _env("MAX_SOCKETS", _int)
     allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", _list)
@@ -253,7 +256,7 @@ DEFAULTS: dict[str, Any] = {
     "max_watches_per_socket": 100,
     "max_send_queue_bytes": 4 * MiB,
     "send_stall_timeout_s": 10.0,
-    "socket_send_buffer_bytes": 0,
+    "socket_send_buffer_bytes": 256 * 1024,
     "max_sockets": 19_000,
     "allowed_origins": (),
     "catch_up_page_size": 500,
