@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # The request line and headers of one request, at most (431 past it).
 MAX_HEAD_BYTES = 64 * 1024
+# In each request's ASGI scope["extensions"]: a callable that resets the connection now, for
+# a response the application gives up on (an event stream whose end cannot be sent).
+RESET_EXTENSION = "resultcast.reset"
 REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -118,6 +121,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # which this connection has said better already: its logger is quiet from here.
             self.logger = _QUIET
             raise HeadTooLarge
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[RESET_EXTENSION] = self._reset_now
         super().on_headers_complete()
         if self._has_body():
             self._arm(self.body_timeout_s, "sent no complete request body")
@@ -199,6 +204,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _expired(self, timeout_s: float, what: str) -> None:
         self._deadline = None
         self._close(f"{what} within {timeout_s:g}s")
+
+    def _reset_now(self) -> None:
+        """The application gives up on its response: the connection goes now, and uvicorn
+        takes the client for gone (it does not report a response left unfinished)."""
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+        reset(self.transport)
 
     def _close(self, why: str) -> None:
         """Close (flushing what waits), and drop the connection if that cannot finish."""

@@ -15,8 +15,10 @@ from service.model import JOB_ID_RE, seq_of_stream_id
 class CloseCode(IntEnum):
     """Why the gateway closes a client's connection (WebSocket close codes, RFC 6455)."""
 
-    NORMAL = 1000  # an event stream (SSE) whose job ended
-    IDLE = 1000  # nothing sent or received for IDLE_TIMEOUT_S
+    # One member per code: an alias would make two reasons for closing indistinguishable
+    # (`IDLE is NORMAL`). What differs beside the code (a job that ended may take its time to
+    # be read; an idle timeout may not) is said by the caller.
+    NORMAL = 1000  # nothing sent or received for IDLE_TIMEOUT_S; an event stream's job ended
     GOING_AWAY = 1001  # the gateway is shutting down
     INVALID_TEXT = 1007  # a text frame that is not UTF-8
     POLICY = 1008  # too many bad frames, an Origin not allowed, a message left unfinished

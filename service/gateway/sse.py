@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from service import codec
 from service.delivery.base import Delivery
 from service.gateway.errors import HTTPFailure
+from service.gateway.http_protocol import RESET_EXTENSION
 from service.gateway.jobs import read_position
 from service.gateway.outbox import Outbox
 from service.gateway.protocol import CloseCode, origin_allowed
@@ -100,19 +101,20 @@ class SseStream:
             self._done.set()
             self._wake.set()
 
-    def close(self, code: CloseCode, reason: str = "") -> None:
-        """End the response after what is queued. After the job's end a client that reads
-        slowly gets all of it (stall detection ends one that reads nothing); on shutdown,
-        idle or a stall the end must be sent within SHUTDOWN_GRACE_S."""
-        grace_s = 0.0 if code is CloseCode.TRY_LATER else self._settings.shutdown_grace_s
-        if code is not CloseCode.NORMAL:
+    def close(self, code: CloseCode, reason: str = "", *, job_ended: bool = False) -> None:
+        """End the response after what is queued. After the job's end (`job_ended`) a client
+        that reads slowly gets all of it (stall detection ends one that reads nothing); on
+        shutdown, idle or a stall the end must be sent within SHUTDOWN_GRACE_S."""
+        if not job_ended:
+            grace_s = 0.0 if code is CloseCode.TRY_LATER else self._settings.shutdown_grace_s
             end_by = self._loop.time() + grace_s
             self._end_by = end_by if self._end_by is None else min(self._end_by, end_by)
         self.outbox.close(code, reason)
         self._wake.set()
 
-    async def run(self, receive: Receive) -> None:
-        """Until the response ends or the client goes: keepalives, idle timeout, disconnect."""
+    async def run(self, receive: Receive, reset: Callable[[], None] | None = None) -> None:
+        """Until the response ends or the client goes: keepalives, idle timeout, disconnect.
+        When its end cannot be sent in time the connection is `reset` (the server's)."""
         outbox, settings = self.outbox, self._settings
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
@@ -121,12 +123,15 @@ class SseStream:
                 wake_at: float | None
                 if outbox.closing:
                     if self._end_by is not None and now >= self._end_by:
-                        return  # the end could not be sent in time
+                        log.info("resetting an event stream whose end could not be sent in time")
+                        if reset is not None:
+                            reset()
+                        return
                     wake_at = self._end_by
                 else:
                     idle_at = self._last_event_at + settings.idle_timeout_s
                     if now >= idle_at:
-                        self.close(CloseCode.IDLE, "idle timeout")
+                        self.close(CloseCode.NORMAL, "idle timeout")
                         continue
                     keepalive_at = outbox.last_sent_at + settings.sse_keepalive_s
                     if now >= keepalive_at:
@@ -166,10 +171,10 @@ class SseStream:
         self.outbox.put(codec.error(code, message, job))
 
     def watch_ended(self, job: str) -> None:
-        self.close(CloseCode.NORMAL, "the job ended")
+        self.close(CloseCode.NORMAL, "the job ended", job_ended=True)
 
     def watch_finished(self, job: str) -> None:
-        self.close(CloseCode.NORMAL, "the job had ended")
+        self.close(CloseCode.NORMAL, "the job had ended", job_ended=True)
 
     def _stalled(self) -> None:
         if self.outbox.closing:
@@ -215,7 +220,7 @@ class SseEndpoint:
         try:
             stream.outbox.put(codec.SSE_RETRY)
             gateway.delivery.watch(job, stream, after_seq)
-            await stream.run(receive)
+            await stream.run(receive, scope.get("extensions", {}).get(RESET_EXTENSION))
         finally:
             stats.sse_open -= 1
             sessions.remove(stream)

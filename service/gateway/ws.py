@@ -121,7 +121,7 @@ class WebSocketSession:
             else:
                 deadline = max(self._last_read, outbox.last_sent_at) + idle_s
                 if now >= deadline:
-                    self.close(CloseCode.IDLE, "idle timeout")
+                    self.close(CloseCode.NORMAL, "idle timeout")
                     continue
             try:
                 async with asyncio.timeout_at(deadline) as self._read_timeout:

@@ -18,8 +18,10 @@ import pytest
 
 from service import tokens
 from service.config import Settings
+from service.gateway.protocol import CloseCode
 from service.keys import Keys
 from service.migrate import migrate
+from tests.attackers import raw_socket, wait_until_dropped
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer, command_calls
@@ -304,3 +306,34 @@ async def test_an_event_stream_checks_what_get_checks_and_the_origin(
                 "GET", f"/jobs/{job}/events", params=params, headers=origin
             ) as reply:
                 assert reply.status_code == 200, origin
+
+
+def test_no_close_code_is_an_alias_of_another() -> None:
+    """An alias made `IDLE is NORMAL`: an idle stream was taken for one whose job ended."""
+    assert len(CloseCode.__members__) == len({code.value for code in CloseCode})
+
+
+async def test_an_idle_stream_whose_client_reads_nothing_ends_within_the_grace(
+    server: RedisServer,
+) -> None:
+    """Idle, the end must go out within SHUTDOWN_GRACE_S like any close but a job's end (the
+    stall timeout here is a minute: only the grace can end it in time)."""
+    settings = settings_for(
+        server, "pubsub", idle_timeout_s=1.0, send_stall_timeout_s=60.0, shutdown_grace_s=0.5
+    )
+    async with running_worker(settings), running_gateway(settings) as base:
+        # Two 500 KB events, then nothing for a minute: idle once the first ones are queued.
+        job, token = await submit(base, "count", {"n": 2, "size": 500_000, "interval_ms": 60_000})
+        port = int(base.rsplit(":", 1)[1])
+
+        def stuck_stream() -> float:
+            sock = raw_socket(port)
+            sock.sendall(
+                f"GET /jobs/{job}/events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            took = wait_until_dropped(sock, 20)
+            sock.close()
+            return took
+
+        took = await asyncio.to_thread(stuck_stream)
+    assert took < 10, took  # idle (1 s) + grace (0.5 s), not the minute of the stall timeout
