@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError
 from service.config import Settings
 from service.keys import Keys
 from service.model import EventKind
-from service.redis_client import backoff_s, is_transient
+from service.redis_client import backoff_s, is_topology_change, is_transient
 from service.scripts import EMIT
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,10 @@ class Emitter:
                 )
                 self.failing_since = None
                 self.writable.set()
-            pending = self._settle(pending, results)
+            pending, refused = self._settle(pending, results)
+            if refused:  # a slot moving, a server loading: back off before sending again
+                attempt += 1
+                await asyncio.sleep(backoff_s(attempt, base_s=0.05, cap_s=2.0))
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
@@ -352,10 +355,12 @@ class Emitter:
         self.round_trips += 1
         return list(await pipe.execute(raise_on_error=False))
 
-    def _settle(self, calls: list[_Call], results: list[Any]) -> list[_Call]:
-        """Apply one pipeline's replies; return the calls to send again."""
+    def _settle(self, calls: list[_Call], results: list[Any]) -> tuple[list[_Call], bool]:
+        """Apply one pipeline's replies; return the calls to send again, and whether any was
+        refused for now (a moving slot, a loading server) rather than only missing a script."""
         retry: list[_Call] = []
         retrying: set[JobWriter] = set()
+        refused = False
         for (writer, args, _, generation), result in zip(calls, results, strict=True):
             if generation != writer.generation:
                 continue  # events queued before the job reached a limit: dropped
@@ -366,7 +371,10 @@ class Emitter:
                 retrying.add(writer)
                 retry.append((writer, args, True, generation))
             elif isinstance(result, Exception):
-                if is_transient(result):
+                # A slot moving (MOVED, ASK, TRYAGAIN, redirections run out) is retried like
+                # a connection that failed: the script is idempotent per seq.
+                if is_transient(result) or is_topology_change(result):
+                    refused = True
                     retrying.add(writer)
                     retry.append((writer, args, False, generation))
                 else:
@@ -379,4 +387,4 @@ class Emitter:
                 if outcome:
                     log.warning("emit for job %s stopped: %s", writer.job, _MESSAGES[outcome])
                     writer._fail(_OUTCOMES.get(outcome, EmitError)(_MESSAGES[outcome]))
-        return retry
+        return retry, refused

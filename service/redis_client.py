@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    ClusterError,
     MovedError,
     ResponseError,
     TryAgainError,
@@ -348,9 +349,14 @@ def redis_errors(operation: str, breaker: CircuitBreaker | None = None) -> Itera
 def is_topology_change(error: BaseException) -> bool:
     """A Redis Cluster answer meaning "not here (any more)": a slot moved or is moving, or
     the cluster is down for a moment (a primary failing over)."""
-    return isinstance(error, MovedError | AskError | TryAgainError | ClusterDownError) or (
-        isinstance(error, ResponseError)
-        and any(s in str(error) for s in ("non local key", "cluster is down"))
+    return (
+        isinstance(error, MovedError | AskError | TryAgainError | ClusterDownError)
+        or (
+            isinstance(error, ResponseError)
+            and any(s in str(error) for s in ("non local key", "cluster is down"))
+        )
+        # redis-py's cluster pipeline gives up following redirections while a slot moves.
+        or (isinstance(error, ClusterError) and "TTL exhausted" in str(error))
     )
 
 

@@ -47,7 +47,7 @@ from service.publisher import (
     emit_limits,
     now_ms,
 )
-from service.redis_client import RedisFactory, backoff_s, redis_errors, retrying
+from service.redis_client import RedisFactory, backoff_s, is_transient, redis_errors, retrying
 from service.scripts import START_JOB
 
 log = logging.getLogger(__name__)
@@ -406,12 +406,27 @@ class Worker:
             await writer.flushed()
 
     async def _acknowledge(self, stream: str, entry_id: str) -> None:
+        """XACK a finished job's entry: transient failures are retried with back-off; a
+        permanent one (NOPERM, WRONGTYPE, ...) is logged once and the slot is given back,
+        since the job's terminal event is durable already and a worker that claims the entry
+        later only acknowledges it."""
         attempt = 0
         while True:
             try:
                 await self.client.xack(stream, WORKERS_GROUP, entry_id)
                 return
             except Exception as e:
+                if not is_transient(e):
+                    log.error(
+                        "acknowledging job entry %s of %s failed: %s: %s; the job is finished "
+                        "but stays pending (check that the Redis user may XACK, and the "
+                        "stream's type); its slot is freed",
+                        entry_id,
+                        stream,
+                        type(e).__name__,
+                        e,
+                    )
+                    return
                 attempt += 1
                 if attempt == 1:
                     log.warning(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as redis
+from redis.exceptions import AskError, ClusterDownError, ClusterError, MovedError, TryAgainError
 
 from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable
 from service.redis_client import (
@@ -11,6 +12,7 @@ from service.redis_client import (
     CAPACITY_MESSAGE,
     UNAVAILABLE_MESSAGE,
     RedisFactory,
+    is_topology_change,
     redis_errors,
     retrying,
 )
@@ -65,3 +67,21 @@ async def test_idempotent_reads_are_retried_across_a_restart(redis_server: Redis
     redis_server.restart()  # the pooled connection is now dead
     assert await retrying(lambda: client.exists("a"), attempts=3) == 0
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MovedError("3999 127.0.0.1:7001"),
+        AskError("3999 127.0.0.1:7001"),
+        TryAgainError("Multiple keys request during rehashing of slot"),
+        ClusterDownError("The cluster is down"),
+        ClusterError("TTL exhausted."),  # redis-py's cluster pipeline, redirections run out
+    ],
+)
+def test_a_slot_moving_is_a_topology_change(error: Exception) -> None:
+    assert is_topology_change(error)
+
+
+def test_other_cluster_errors_are_not() -> None:
+    assert not is_topology_change(ClusterError("Slot 3999 has no primary"))

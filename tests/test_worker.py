@@ -200,3 +200,21 @@ async def test_a_worker_that_cannot_write_stops_taking_jobs_and_loses_nothing(
     assert [e["seq"] for e in got] == list(range(1, 32))
     assert [e["data"]["i"] for e in got[:-1]] == list(range(1, 31))
     assert [e["seq"] for e in await events(migrated, second)] == list(range(1, 7))
+
+
+@pytest.mark.logs_errors  # the refused XACK is logged at ERROR, on purpose
+async def test_an_ack_refused_for_good_frees_the_slot(
+    redis_server: RedisServer, migrated: redis.Redis
+) -> None:
+    """A Redis user that may not XACK: the finished job stays pending, one ERROR says why, and
+    the worker's only slot is free for the next job (it used to retry for ever, holding it)."""
+    rules = ["on", ">no-ack-pw", "~*", "&*", "+@all", "-xack"]
+    await migrated.execute_command("ACL", "SETUSER", "noack", *rules)
+    url = f"redis://noack:no-ack-pw@127.0.0.1:{redis_server.port}/0"
+    settings = make_settings(url)
+    async with running_worker(settings, concurrency=1):
+        first = await submit(settings, "echo", {"n": 1})
+        await wait_for(lambda: finished(migrated, first), what="the first job")
+        second = await submit(settings, "echo", {"n": 2})
+        await wait_for(lambda: finished(migrated, second), what="the second job, in the slot")
+    assert int((await migrated.xpending(KEYS.jobs, WORKERS_GROUP))["pending"]) == 2

@@ -118,7 +118,6 @@ async def _has_events(client: Any, job: str) -> bool:
 
 # A worker's emit can run out of redirections while the slot moves (redis-py's "TTL
 # exhausted"), logged as an error; the job is then finished elsewhere, exactly once.
-@pytest.mark.logs_errors
 @pytest.mark.parametrize("mode", ["pubsub", "xread"])
 async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mode: str) -> None:
     async with stack_on(cluster, concurrency=8, delivery_mode=mode) as (client, [base]):
