@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     CAPACITY = "capacity"
     UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"  # a bug of the gateway's, met serving one event stream
 
 
 def new_job_id() -> str:

@@ -13,6 +13,7 @@ last received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -156,6 +157,18 @@ class SseStream:
             await outbox.finish(self._loop.time())
             self._delivery.unwatch(self.job, self)
 
+    async def end_with_internal_error(
+        self, receive: Receive, reset: Callable[[], None] | None
+    ) -> None:
+        """After a failure: the contract's `internal` error, then the end of the response
+        (counted as a 1011 close), sent within SHUTDOWN_GRACE_S."""
+        with contextlib.suppress(Exception):
+            self._delivery.unwatch(self.job, self)
+        self.outbox.put(codec.error(ErrorCode.INTERNAL, "internal error", self.job))
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        if not self._done.is_set():
+            await self.run(receive, reset)
+
     # -- Watcher -------------------------------------------------------------------------------
 
     def deliver(self, frame: bytes) -> bool:
@@ -217,10 +230,16 @@ class SseEndpoint:
         sessions.add(stream)
         stats.sse_open += 1
         stats.sse_total += 1
+        reset = scope.get("extensions", {}).get(RESET_EXTENSION)
         try:
             stream.outbox.put(codec.SSE_RETRY)
             gateway.delivery.watch(job, stream, after_seq)
-            await stream.run(receive, scope.get("extensions", {}).get(RESET_EXTENSION))
+            await stream.run(receive, reset)
+        except Exception:
+            # A bug of ours, not the client's doing: this stream alone ends, saying so (a
+            # WebSocket gets 1011); its EventSource resumes with Last-Event-ID.
+            log.exception("an event stream failed; ending it with an internal error")
+            await stream.end_with_internal_error(receive, reset)
         finally:
             stats.sse_open -= 1
             sessions.remove(stream)

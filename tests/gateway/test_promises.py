@@ -23,6 +23,7 @@ from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_stack, running_worker, serving
 from tests.redis_servers import RedisServer, free_port
+from tests.sse_client import read_events
 from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect, submit
 
@@ -271,3 +272,43 @@ async def test_an_internal_error_closes_only_its_client_with_1011(
     assert found[("resultcast_socket_closes_total", (("code", "1011"), ("mode", "pubsub")))] == 1
     failures = [r for r in caplog.records if r.name == "service.gateway.ws"]
     assert len(failures) == 1 and "1011" in failures[0].getMessage()
+
+
+@pytest.mark.logs_errors  # provoked on purpose
+async def test_an_internal_error_ends_only_its_event_stream_saying_so(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same bug met serving an event stream: that stream gets `event: error` with code
+    `internal` and ends (it used to end without a word), counted like a 1011 close; another
+    client of the gateway goes on."""
+    settings = make_settings(redis_server.url)
+    client = redis_server.client()
+    await migrate(client, Keys(), report=lambda _: None)
+    await client.aclose()
+    app = create_app(settings)
+    config = uvicorn_config(settings, "127.0.0.1", free_port(), app)
+    async with running_worker(settings), serving(config) as base:
+        poisoned, poisoned_token = await submit(base, "count", {"n": 1})
+        job, token = await submit(base, "count", {"n": 20, "interval_ms": 5})
+        delivery = app.gateway().delivery
+        real_watch = delivery.watch
+
+        def watch(job: str, watcher: Any, after_seq: int) -> None:
+            if job == poisoned:
+                raise RuntimeError("injected: a bug in delivery")
+            real_watch(job, watcher, after_seq)
+
+        delivery.watch = watch  # type: ignore[method-assign]
+        async with connect(base) as bystander, httpx.AsyncClient(base_url=base) as http:
+            await bystander.watch(job, token)
+            with caplog.at_level(logging.ERROR, logger="service.gateway.sse"):
+                got_stream = await read_events(http, poisoned, poisoned_token)
+            got = await bystander.events_until_terminal({job})
+            found = samples((await http.get("/metrics")).text)
+    assert [(m.event, m.data["code"], m.data["job"]) for m in got_stream] == [
+        ("error", "internal", poisoned)
+    ]
+    assert_exact(got[job][1:], job, 20)
+    assert found[("resultcast_socket_closes_total", (("code", "1011"), ("mode", "pubsub")))] == 1
+    failures = [r for r in caplog.records if r.name == "service.gateway.sse"]
+    assert len(failures) == 1 and "internal error" in failures[0].getMessage()
