@@ -106,6 +106,21 @@ def read_close_code(sock: socket.socket, limit_bytes: int = 1 << 26) -> int | No
     return None
 
 
+def send_repeatedly(
+    sock: socket.socket, message: bytes, most: int, seconds: float = 15.0, batch: int = 256
+) -> int:
+    """Send `message` as fast as the connection takes it, `most` times at most, for at most
+    `seconds`, or until the gateway drops the connection; how many were sent."""
+    burst, sent, start = message * batch, 0, time.monotonic()
+    try:
+        while sent < most and time.monotonic() - start < seconds:
+            sock.sendall(burst)
+            sent += batch
+    except OSError:
+        pass  # dropped by the gateway
+    return sent
+
+
 def tcp_state(sock: socket.socket) -> int:
     """The kernel's TCP state of `sock` (1: established; anything else: the peer closed it)."""
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as redis
 import uvicorn
 
 from service.config import Settings
@@ -65,6 +66,21 @@ async def running_gateway(settings: Settings) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
+async def migrated_redis(directory: Path) -> AsyncIterator[tuple[RedisServer, redis.Redis]]:
+    """A private redis-server with the current layout applied, and a client of it; both
+    stopped at the end."""
+    server = RedisServer(directory)
+    server.start()
+    client = server.client()
+    try:
+        await migrate(client, Keys(), report=lambda _: None)
+        yield server, client
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+@contextlib.asynccontextmanager
 async def running_stack(
     tmp_path: Path,
     *,
@@ -74,20 +90,13 @@ async def running_stack(
 ) -> AsyncIterator[str]:
     """A private Redis (migrated), a worker (with these handlers, default the built-in ones)
     and a gateway with these settings; yields the gateway's base URL."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    client = server.client()
-    try:
-        await migrate(client, Keys(), report=lambda _: None)
+    async with migrated_redis(tmp_path / "redis") as (server, _):
         settings = make_settings(server.url, **overrides)
         async with (
             running_worker(settings, concurrency=concurrency, handlers=handlers),
             running_gateway(settings) as base,
         ):
             yield base
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 @contextlib.contextmanager

@@ -78,13 +78,17 @@ class GatewayServer(uvicorn.Server):
         self._send_buffer_bytes = send_buffer_bytes
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        if sockets is None and self._send_buffer_bytes:
-            # Accepted connections inherit the listening socket's buffer size: a client that
-            # stops reading then holds this much of the kernel's memory, not megabytes.
-            listener = self.config.bind_socket()
+        if sockets is not None or not self._send_buffer_bytes:
+            await super().serve(sockets)
+            return
+        # Accepted connections inherit the listening socket's buffer size: a client that
+        # stops reading then holds this much of the kernel's memory, not megabytes.
+        listener = self.config.bind_socket()
+        try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
-            sockets = [listener]
-        await super().serve(sockets)
+            await super().serve([listener])
+        finally:
+            listener.close()  # uvicorn leaves a socket it was given open if startup fails
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

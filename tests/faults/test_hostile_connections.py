@@ -21,8 +21,6 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from service.keys import Keys
-from service.migrate import migrate
 from tests.attackers import (
     OP_PING,
     OP_TEXT,
@@ -34,12 +32,13 @@ from tests.attackers import (
     raw_socket,
     read_close_code,
     read_head,
+    send_repeatedly,
     tcp_state,
     wait_until_dropped,
 )
 from tests.conftest import make_settings, wait_for
-from tests.processes import gateway_process, ready, running_worker
-from tests.redis_servers import RedisServer, free_port
+from tests.processes import gateway_process, migrated_redis, ready, running_worker
+from tests.redis_servers import free_port
 from tests.ws_client import submit
 
 pytestmark = pytest.mark.slow
@@ -73,16 +72,11 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path: Path, **env: str) -> AsyncIterator[Stack]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    client = server.client()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        await migrate(client, Keys(), report=lambda _: None)
-        settings = make_settings(server.url)
+    async with migrated_redis(tmp_path / "redis") as (server, client):
         with gateway_process(server.url, port, **(SHORT | env)) as gateway:
-            async with running_worker(settings):
+            async with running_worker(make_settings(server.url)):
                 await wait_for(lambda: ready(base), timeout_s=30, what="the gateway")
                 meter = Meter(gateway.pid)
                 meter.start()
@@ -91,9 +85,6 @@ async def stack(tmp_path: Path, **env: str) -> AsyncIterator[Stack]:
                     yield Stack(base, port, meter, client)
                 finally:
                     sampler.cancel()
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 def in_thread(function: Callable[..., T], *args: object) -> asyncio.Future[T]:
@@ -108,15 +99,7 @@ async def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded_and_drop
 
     def flood(port: int) -> tuple[int, float]:
         sock = open_websocket(port)
-        ping = frame(b"x" * 125, OP_PING)
-        burst = ping * 64
-        sent, start = 0, time.monotonic()
-        try:
-            while sent < 400_000 and time.monotonic() - start < 15:
-                sock.sendall(burst)
-                sent += 64
-        except OSError:
-            pass  # dropped by the gateway
+        sent = send_repeatedly(sock, frame(b"x" * 125, OP_PING), 400_000)
         dropped_after = wait_until_dropped(sock, STALL_S + 3 * GRACE_S + 5)
         sock.close()
         return sent, dropped_after
@@ -338,14 +321,7 @@ async def test_requests_from_a_client_that_reads_no_reply_do_not_queue_without_b
 
     def ask_without_reading(port: int) -> tuple[int, float]:
         sock = open_websocket(port)
-        ping = frame(b'{"op":"ping"}') * 256
-        sent, start = 0, time.monotonic()
-        try:
-            while sent < 2_000_000 and time.monotonic() - start < 15:
-                sock.sendall(ping)
-                sent += 256
-        except OSError:
-            pass
+        sent = send_repeatedly(sock, frame(b'{"op":"ping"}'), 2_000_000)
         dropped_after = wait_until_dropped(sock, STALL_S + 3 * GRACE_S + 10)
         sock.close()
         return sent, dropped_after

@@ -16,11 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.keys import Keys
-from service.migrate import migrate
 from tests.conftest import wait_for
-from tests.processes import gateway_process, ready, service_process
-from tests.redis_servers import RedisServer, free_port
+from tests.processes import gateway_process, migrated_redis, ready, service_process
+from tests.redis_servers import free_port
 from tests.test_metrics import samples
 from tests.ws_client import assert_exact, connect
 
@@ -93,13 +91,9 @@ async def read_in_pages(
 
 
 async def test_a_job_of_megabyte_events_stays_within_the_byte_limits(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    client = server.client()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        await migrate(client, Keys(), report=lambda _: None)
+    async with migrated_redis(tmp_path / "redis") as (server, client):
         with (
             gateway_process(server.url, port) as gateway,
             service_process(server.url, "worker", "--concurrency", "2") as worker,
@@ -131,6 +125,3 @@ async def test_a_job_of_megabyte_events_stays_within_the_byte_limits(tmp_path: P
         assert peaks.mib["gateway"] < 48, peaks.mib
         # Redis holds the job (40 MB, under MAX_JOB_BYTES) and little else.
         assert peaks.mib["redis"] < 64 * 1.5, peaks.mib
-    finally:
-        await client.aclose()
-        server.stop()

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +231,13 @@ async def test_shutdown_waits_for_no_client_longer_than_its_grace(tmp_path: Path
         server.stop()
 
 
-@pytest.mark.logs_errors  # provoked on purpose
-async def test_an_internal_error_closes_only_its_client_with_1011(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A bug met while serving one client (here: the delivery raises for one job, injected
-    into the running gateway) closes that client with 1011 and one log line; another client
-    of the same gateway, and the gateway itself, go on."""
+@contextlib.asynccontextmanager
+async def poisoned_gateway(
+    redis_server: RedisServer,
+) -> AsyncIterator[tuple[str, tuple[str, str], tuple[str, str]]]:
+    """A gateway whose delivery raises for one job (a bug, injected into the running
+    gateway), with a worker: its base URL, that job and a healthy one of 20 events beside it
+    (each as job and token)."""
     settings = make_settings(redis_server.url)
     client = redis_server.client()
     await migrate(client, Keys(), report=lambda _: None)
@@ -243,28 +245,42 @@ async def test_an_internal_error_closes_only_its_client_with_1011(
     app = create_app(settings)
     config = uvicorn_config(settings, "127.0.0.1", free_port(), app)
     async with running_worker(settings), serving(config) as base:
-        poisoned, poisoned_token = await submit(base, "count", {"n": 1})
-        job, token = await submit(base, "count", {"n": 20, "interval_ms": 5})
+        poisoned = await submit(base, "count", {"n": 1})
+        healthy = await submit(base, "count", {"n": 20, "interval_ms": 5})
         delivery = app.gateway().delivery
         real_watch = delivery.watch
 
         def watch(job: str, watcher: Any, after_seq: int) -> None:
-            if job == poisoned:
+            if job == poisoned[0]:
                 raise RuntimeError("injected: a bug in delivery")
             real_watch(job, watcher, after_seq)
 
         delivery.watch = watch  # type: ignore[method-assign]
-        async with connect(base) as victim, connect(base) as bystander:
-            await bystander.watch(job, token)
-            with caplog.at_level(logging.ERROR, logger="service.gateway.ws"):
-                await victim.send({"op": "watch", "job": poisoned, "token": poisoned_token})
-                with pytest.raises(ConnectionClosed) as closed:
-                    while True:
-                        await victim.recv()
-            got = await bystander.events_until_terminal({job})
-            async with httpx.AsyncClient(base_url=base) as http:
-                health = await http.get("/readyz")
-                found = samples((await http.get("/metrics")).text)
+        yield base, poisoned, healthy
+
+
+@pytest.mark.logs_errors  # provoked on purpose
+async def test_an_internal_error_closes_only_its_client_with_1011(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug met while serving one client (here: the delivery raises for one job, injected
+    into the running gateway) closes that client with 1011 and one log line; another client
+    of the same gateway, and the gateway itself, go on."""
+    async with (
+        poisoned_gateway(redis_server) as (base, (poisoned, poisoned_token), (job, token)),
+        connect(base) as victim,
+        connect(base) as bystander,
+    ):
+        await bystander.watch(job, token)
+        with caplog.at_level(logging.ERROR, logger="service.gateway.ws"):
+            await victim.send({"op": "watch", "job": poisoned, "token": poisoned_token})
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await victim.recv()
+        got = await bystander.events_until_terminal({job})
+        async with httpx.AsyncClient(base_url=base) as http:
+            health = await http.get("/readyz")
+            found = samples((await http.get("/metrics")).text)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
     assert_exact(got[job][1:], job, 20)
@@ -281,30 +297,16 @@ async def test_an_internal_error_ends_only_its_event_stream_saying_so(
     """The same bug met serving an event stream: that stream gets `event: error` with code
     `internal` and ends (it used to end without a word), counted like a 1011 close; another
     client of the gateway goes on."""
-    settings = make_settings(redis_server.url)
-    client = redis_server.client()
-    await migrate(client, Keys(), report=lambda _: None)
-    await client.aclose()
-    app = create_app(settings)
-    config = uvicorn_config(settings, "127.0.0.1", free_port(), app)
-    async with running_worker(settings), serving(config) as base:
-        poisoned, poisoned_token = await submit(base, "count", {"n": 1})
-        job, token = await submit(base, "count", {"n": 20, "interval_ms": 5})
-        delivery = app.gateway().delivery
-        real_watch = delivery.watch
-
-        def watch(job: str, watcher: Any, after_seq: int) -> None:
-            if job == poisoned:
-                raise RuntimeError("injected: a bug in delivery")
-            real_watch(job, watcher, after_seq)
-
-        delivery.watch = watch  # type: ignore[method-assign]
-        async with connect(base) as bystander, httpx.AsyncClient(base_url=base) as http:
-            await bystander.watch(job, token)
-            with caplog.at_level(logging.ERROR, logger="service.gateway.sse"):
-                got_stream = await read_events(http, poisoned, poisoned_token)
-            got = await bystander.events_until_terminal({job})
-            found = samples((await http.get("/metrics")).text)
+    async with (
+        poisoned_gateway(redis_server) as (base, (poisoned, poisoned_token), (job, token)),
+        connect(base) as bystander,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        await bystander.watch(job, token)
+        with caplog.at_level(logging.ERROR, logger="service.gateway.sse"):
+            got_stream = await read_events(http, poisoned, poisoned_token)
+        got = await bystander.events_until_terminal({job})
+        found = samples((await http.get("/metrics")).text)
     assert [(m.event, m.data["code"], m.data["job"]) for m in got_stream] == [
         ("error", "internal", poisoned)
     ]
