@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from service.delivery.base import CatchUpCause
 from service.redis_client import RedisFactory
 from service.stats import LATENCY_BUCKETS_MS, GatewayStats
 
@@ -140,18 +141,8 @@ class GatewayCollector(Collector):
         catch_ups = CounterMetricFamily(
             "resultcast_catch_ups", "Catch-ups from the stream, by cause", labels=["mode", "cause"]
         )
-        for cause in (
-            "watch",
-            "resume",
-            "gap",
-            "reconnect",
-            "subscribe",
-            "failover",
-            "drained",
-            "restart",
-            "large",
-        ):
-            catch_ups.add_metric([self.mode, cause], s.catch_ups[cause])
+        for cause in CatchUpCause:
+            catch_ups.add_metric([self.mode, cause.value], s.catch_ups[cause])
         yield catch_ups
         closes = CounterMetricFamily(
             "resultcast_socket_closes",

@@ -9,6 +9,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.delivery.base import CatchUpCause
 
 # Upper bounds in milliseconds (event timestamps have millisecond resolution).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -50,7 +54,7 @@ class GatewayStats:
     sse_total: int = 0
     events_delivered: int = 0
     frames_sent: int = 0
-    catch_ups: Counter[str] = field(default_factory=Counter)
+    catch_ups: Counter[CatchUpCause] = field(default_factory=Counter)
     subscriber_reconnects: int = 0
     failovers: int = 0  # times a different Redis server (or replaced data) was noticed
     probes_sent: int = 0

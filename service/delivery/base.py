@@ -29,9 +29,25 @@ Guarantees every implementation gives, per watch:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from enum import StrEnum
 from typing import Protocol
 
 from service.model import ErrorCode, ServiceError
+
+
+class CatchUpCause(StrEnum):
+    """Why a watched job is read from its stream: the `cause` label of
+    `resultcast_catch_ups_total`, which exports every member (a new cause is one line here)."""
+
+    WATCH = "watch"  # a new watch, from the start
+    RESUME = "resume"  # a new watch with `after`
+    GAP = "gap"  # a live frame whose seq is past the next one expected
+    RECONNECT = "reconnect"  # the source's connection came back: frames meanwhile are gone
+    SUBSCRIBE = "subscribe"  # a subscription confirmed for the first time
+    FAILOVER = "failover"  # a different server (run id or replication id) behind a connection
+    DRAINED = "drained"  # a paused watch whose client has room again
+    RESTART = "restart"  # the live source was restarted by its supervisor
+    LARGE = "large"  # an event over 64 KiB, announced by position only
 
 
 class Watcher(Hashable, Protocol):
@@ -102,7 +118,7 @@ class LiveSink(Protocol):
     def publish(self, job: str, frame: bytes) -> None:
         """A live event frame for `job` (any order, duplicates allowed: the hub sorts it out)."""
 
-    def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
+    def missed(self, jobs: Iterable[str] | None, cause: CatchUpCause) -> None:
         """Frames for `jobs` (None: every job) may have been lost: catch them up from the stream."""
 
     def report(self, jobs: list[str] | None, error: ServiceError) -> None:

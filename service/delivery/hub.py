@@ -39,7 +39,7 @@ from enum import Enum
 
 from service.aio import stop_tasks
 from service.codec import FrameError, FrameHead, frame_head, stored_seq
-from service.delivery.base import LiveSource, Watcher
+from service.delivery.base import CatchUpCause, LiveSource, Watcher
 from service.delivery.supervise import restart_forever
 from service.model import ErrorCode, ServiceError
 from service.redis_client import backoff_s
@@ -191,7 +191,7 @@ class Hub:
             feed.catch_up = CatchUp.IDLE
         self._pending.clear()
         self._promised.clear()
-        self.missed(None, "restart")
+        self.missed(None, CatchUpCause.RESTART)
 
     # -- watches -------------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Hub:
         elif previous.paused:
             self._forget_pause(job, watcher)
         feed.watches[watcher] = Watch(watcher, after_seq)
-        self.request_catch_up(job, "resume" if after_seq else "watch")
+        self.request_catch_up(job, CatchUpCause.RESUME if after_seq else CatchUpCause.WATCH)
 
     def unwatch(self, job: str, watcher: Watcher) -> None:
         feed = self.feeds.get(job)
@@ -249,15 +249,15 @@ class Hub:
             if stored is not None:
                 # An event too large to publish: read it from the stream, where it is.
                 if any(w.last_seq < stored and not w.paused for w in feed.watches.values()):
-                    self.request_catch_up(job, "large")
+                    self.request_catch_up(job, CatchUpCause.LARGE)
                 return
             # Not a frame we wrote: say so, and read the job's stream (the durable copy).
             self._stats.malformed_frames += 1
             log.warning("a live frame for job %s is malformed (%s); catching it up", job, e)
-            self.request_catch_up(job, "gap")
+            self.request_catch_up(job, CatchUpCause.GAP)
             return
         if self._offer(feed, feed.watches.values(), frame, head):
-            self.request_catch_up(job, "gap")
+            self.request_catch_up(job, CatchUpCause.GAP)
 
     def _server_changed(self) -> None:
         self._generation = self._server.generation
@@ -265,7 +265,7 @@ class Hub:
             feed.unverified = True
         self._stats.failovers += 1
         log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
-        self.missed(None, "failover")
+        self.missed(None, CatchUpCause.FAILOVER)
 
     def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, head: FrameHead) -> bool:
         """Apply the delivery rule to `watches`; True if some watch is missing frames."""
@@ -311,11 +311,11 @@ class Hub:
             watch = feed.watches.get(watcher) if feed is not None else None
             if watch is not None and watch.paused:
                 watch.paused = False
-                self.request_catch_up(job, "drained")
+                self.request_catch_up(job, CatchUpCause.DRAINED)
 
     # -- catch-up ------------------------------------------------------------------------------
 
-    def request_catch_up(self, job: str, cause: str | None) -> None:
+    def request_catch_up(self, job: str, cause: CatchUpCause | None) -> None:
         """Queue `job` for catch-up; `cause` is counted, None for a continuation."""
         feed = self.feeds.get(job)
         if feed is None:
@@ -333,7 +333,7 @@ class Hub:
         if cause is not None:
             self._stats.catch_ups[cause] += 1
 
-    def missed(self, jobs: Iterable[str] | None, cause: str) -> None:
+    def missed(self, jobs: Iterable[str] | None, cause: CatchUpCause) -> None:
         """A live source may have lost frames of `jobs` (None: of every job)."""
         for job in self.feeds if jobs is None else jobs:
             self.request_catch_up(job, cause)
@@ -347,7 +347,7 @@ class Hub:
             self.feeds[job].unverified = True
         self._stats.failovers += 1
         log.warning("checking %d watched job(s) against their new Redis node", len(watched))
-        self.missed(watched, "failover")
+        self.missed(watched, CatchUpCause.FAILOVER)
 
     async def run(self) -> None:
         """The catch-up task: runs until cancelled."""

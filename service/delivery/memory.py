@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from service.delivery.base import LiveSink
+from service.delivery.base import CatchUpCause, LiveSink
 from service.streams import Page, PageRequest
 
 
@@ -47,7 +47,7 @@ class MemorySource:
     def lose(self, jobs: list[str] | None = None) -> None:
         """The source may have missed frames of `jobs` (None: all), as after a reconnect."""
         if self._sink is not None:
-            self._sink.missed(jobs, "reconnect")
+            self._sink.missed(jobs, CatchUpCause.RECONNECT)
 
 
 class MemoryStreams:

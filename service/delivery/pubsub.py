@@ -26,7 +26,7 @@ import redis.asyncio as redis
 
 from service.aio import stop_tasks
 from service.config import Settings
-from service.delivery.base import LiveSink
+from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import RedisUnavailable
@@ -149,7 +149,7 @@ class PatternSubscriber:
             # read from its stream rather than reconnecting and re-reading every job.
             self._stats.delivery_errors += 1
             log.exception("delivering a frame of job %s failed; catching the job up", job)
-            sink.missed([job], "gap")
+            sink.missed([job], CatchUpCause.GAP)
 
     def _on_subscribed(self) -> None:
         """Anything published before this moment may have been missed: catch up every job."""
@@ -161,7 +161,9 @@ class PatternSubscriber:
             log.info("subscriber re-subscribed; catching up every watched job")
         else:
             log.info("subscriber connected")
-        self._sink.missed(None, "reconnect" if self._subscribed_once else "subscribe")
+        self._sink.missed(
+            None, CatchUpCause.RECONNECT if self._subscribed_once else CatchUpCause.SUBSCRIBE
+        )
         self._subscribed_once = True
 
     async def watchdog(self) -> None:

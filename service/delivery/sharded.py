@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 
 from service.aio import stop_tasks
 from service.config import Settings
-from service.delivery.base import LiveSink
+from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.redis_client import backoff_s
@@ -270,7 +270,7 @@ class ShardedSource:
             if len(self._changed) == 1:
                 asyncio.get_running_loop().call_soon(self._report_changed)
             return
-        self._sink.missed([job], "subscribe" if first else "reconnect")
+        self._sink.missed([job], CatchUpCause.SUBSCRIBE if first else CatchUpCause.RECONNECT)
 
     def _report_changed(self) -> None:
         jobs, self._changed = self._changed, []

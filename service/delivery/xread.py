@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.aio import stop_tasks
 from service.config import Settings
-from service.delivery.base import LiveSink
+from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import RedisAtCapacity, stream_id
@@ -115,7 +115,7 @@ class XreadSource:
     def _restarted(self, job: str) -> None:
         self._crashed.discard(job)
         if self._sink is not None:
-            self._sink.missed([job], "restart")
+            self._sink.missed([job], CatchUpCause.RESTART)
 
     async def _reader_of(self, key: str) -> tuple[redis.Redis, bool]:
         """The client to read `key` with, and whether it is this loop's own (to close)."""
@@ -185,7 +185,7 @@ class XreadSource:
             self._still_followed(job)
             if failures:
                 failures = 0
-                sink.missed([job], "reconnect")
+                sink.missed([job], CatchUpCause.RECONNECT)
             for _, entries in reply or ():
                 largest = 0
                 for _, fields in entries:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from service.codec import event_frame
+from service.delivery.base import CatchUpCause
 from service.delivery.hub import Hub
 from service.delivery.memory import MemorySource, MemoryStreams
 from service.model import ErrorCode, EventKind
@@ -80,7 +81,7 @@ async def test_duplicates_are_dropped_and_a_gap_is_read_from_the_stream(parts: P
     parts.write("j", 7, 7)  # ... noticed by the next one's seq
     await client.read(4)
     assert client.seqs("j") == list(range(1, 8))
-    assert parts.hub._stats.catch_ups["gap"] >= 1
+    assert parts.hub._stats.catch_ups[CatchUpCause.GAP] >= 1
 
 
 async def test_a_lost_connection_is_caught_up(parts: Parts) -> None:
