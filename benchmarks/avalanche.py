@@ -38,6 +38,7 @@ from service.bench.harness import (
     running_stack,
     until,
 )
+from service.config import DELIVERY_MODES
 
 BATCH = 200  # sockets opened at a time while setting up (the accept queue stays short)
 
@@ -140,7 +141,7 @@ async def main() -> None:
     parser.add_argument("--sockets", type=int, default=10_000)
     parser.add_argument("--per-job", type=int, default=100)
     parser.add_argument("--job-seconds", type=float, default=90.0)
-    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()

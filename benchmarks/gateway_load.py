@@ -47,6 +47,7 @@ from service.bench.harness import (
     write_first_events,
 )
 from service.bench.wsload import Received, open_sockets
+from service.config import DELIVERY_MODES
 
 
 def in_order(sockets: list[Any], expected: list[int]) -> bool:
@@ -199,7 +200,7 @@ async def idle_and_catch_up(
 async def main() -> None:
     parser = argparse.ArgumentParser(description="resultcast gateway load benchmark")
     parser.add_argument("--phases", default="throughput,latency,roundrobin,idle,catchup")
-    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--events", type=int, default=500)

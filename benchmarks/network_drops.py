@@ -37,6 +37,7 @@ from service.bench.harness import (
     running_stack,
     until,
 )
+from service.config import DELIVERY_MODES
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float | None]:
@@ -139,7 +140,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=120)
     parser.add_argument("--rate", type=float, default=2.0, help="events per second per job")
     parser.add_argument("--cut-every-s", type=float, default=15.0)
-    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument(
         "--start-in-s", type=float, help="when the jobs start (default: 5 s + 1 s per 400 clients)"
     )

@@ -41,6 +41,7 @@ from service.bench.harness import (
     until,
 )
 from service.bench.wsload import Received, WsProtocol, open_sockets
+from service.config import DELIVERY_MODES
 
 MB = 1_000_000
 KiB = 1024
@@ -324,7 +325,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", default="rate,tenth,replay,crowd")
-    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument("--redis-url", default=None, help="default: a private redis-server")
     parser.add_argument("--rate-mb", type=float, default=60.0, help="size of the rate job (MB)")
     parser.add_argument("--rate-mbps", type=float, default=4.0, help="the slow reader's MB/s")

@@ -34,6 +34,7 @@ from service.bench.harness import (
     write_first_events,
 )
 from service.bench.wsload import Received, WsProtocol, open_sockets
+from service.config import DELIVERY_MODES
 from service.dev import free_port, start_redis, stop
 
 
@@ -76,7 +77,7 @@ async def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--sample-s", type=float, default=30.0)
-    parser.add_argument("--mode", default="pubsub", choices=["pubsub", "xread"])
+    parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     args = parser.parse_args()
     raise_open_files_limit()
     with tempfile.TemporaryDirectory(prefix="resultcast-soak-") as tmp:

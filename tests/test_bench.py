@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.config import DELIVERY_MODES
 from tests.conftest import PYTHON, ROOT, service_env
 
 
@@ -53,7 +54,7 @@ def test_bench_compares_both_modes(tmp_path: Path) -> None:
     assert "xread/pubsub" in result.stdout
     report = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
     by_mode = {r["mode"]: r for r in report["results"]}
-    assert set(by_mode) == {"pubsub", "xread"}
+    assert set(by_mode) == set(DELIVERY_MODES)
     for figures in by_mode.values():
         for phase in ("burst", "steady"):
             assert (

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import RedisUnavailable
@@ -200,7 +201,7 @@ async def _up(http: httpx.AsyncClient) -> bool:
         return False
 
 
-@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+@pytest.mark.parametrize("mode", DELIVERY_MODES)
 async def test_the_stack_runs_as_a_user_without_info(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:

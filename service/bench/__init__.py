@@ -11,13 +11,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from service.bench.params import Params
+from service.config import DELIVERY_MODES
 
 PHASES = ("idle", "burst", "steady")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Params()
-    parser.add_argument("--modes", default="pubsub,xread", help="delivery modes, in order")
+    parser.add_argument(
+        "--modes", default=",".join(DELIVERY_MODES), help="delivery modes, in order"
+    )
     parser.add_argument("--phases", default=",".join(PHASES), help="idle,burst,steady")
     parser.add_argument("--redis-url", default=None, help="use this Redis (it is FLUSHED!)")
     parser.add_argument(
@@ -84,7 +87,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
     )
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     phases = {p.strip() for p in args.phases.split(",")}
-    if bad := [m for m in modes if m not in ("pubsub", "xread")]:
+    if bad := [m for m in modes if m not in DELIVERY_MODES]:
         print(f"bench: unknown mode(s) {', '.join(bad)}", file=sys.stderr)
         return 2
     if args.gateways < 1:

@@ -12,6 +12,7 @@ from typing import Any
 
 from service.bench.ab import SEED_OVERNIGHT, ModeResult
 from service.bench.params import Params
+from service.config import DELIVERY_MODES
 
 ROWS: list[tuple[str, str, str, str]] = [
     # (phase, key, label, format)
@@ -60,7 +61,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def table(results: list[ModeResult]) -> str:
     by_mode = {r.mode: r for r in results}
-    modes = [m for m in ("pubsub", "xread") if m in by_mode]
+    modes = [m for m in DELIVERY_MODES if m in by_mode]
     header = f"{'figure':<40}" + "".join(f"{m:>14}" for m in modes)
     if len(modes) == 2:
         header += f"{'xread/pubsub':>14}"

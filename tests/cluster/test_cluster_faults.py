@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.local_redis import cli, info
 from service.migrate import migrate
@@ -90,7 +91,7 @@ def exactly_once_or_gone(frames: list[dict[str, Any]], job: str, n: int = EVENTS
     return "done"
 
 
-@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+@pytest.mark.parametrize("mode", DELIVERY_MODES)
 async def test_a_primary_killed_mid_stream(cluster: LocalCluster, mode: str) -> None:
     async with stack_on(cluster, concurrency=8, delivery_mode=mode) as (client, [base]):
         jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(6)]
@@ -118,7 +119,7 @@ async def _has_events(client: Any, job: str) -> bool:
 
 # A worker's emit can run out of redirections while the slot moves (redis-py's "TTL
 # exhausted"), logged as an error; the job is then finished elsewhere, exactly once.
-@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+@pytest.mark.parametrize("mode", DELIVERY_MODES)
 async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mode: str) -> None:
     async with stack_on(cluster, concurrency=8, delivery_mode=mode) as (client, [base]):
         jobs = [await submit(base, "count", {"n": EVENTS, "interval_ms": 25}) for _ in range(3)]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-@pytest.fixture(params=["pubsub", "xread"])
+@pytest.fixture(params=DELIVERY_MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.codec import event_frame
-from service.config import Settings
+from service.config import DELIVERY_MODES, Settings
 from service.delivery.base import LiveSource
 from service.delivery.hub import Hub
 from service.delivery.memory import MemorySource, MemoryStreams
@@ -31,7 +31,7 @@ from tests.delivery.clients import Client, Watcher
 
 KEYS = Keys()
 LIMITS = EmitLimits(max_events=1000, max_event_bytes=1 << 20, max_job_bytes=64 << 20)
-SOURCES = ["memory", "pubsub", "xread"]
+SOURCES = ["memory", *DELIVERY_MODES]
 
 # (job, seq, terminal, notify): store the event; notify=False is a notification lost.
 Write = Callable[[str, int, bool, bool], Awaitable[None]]

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 
 from service import tokens
 from service.codec import event_frame
+from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import EventKind, new_job_id
@@ -41,7 +42,7 @@ async def store(client: redis.Redis, job: str, frames: list[bytes], status: str)
     await pipe.execute()
 
 
-@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+@pytest.mark.parametrize("mode", DELIVERY_MODES)
 async def test_a_rewritten_history_ends_the_watch_with_gone(
     tmp_path_factory: pytest.TempPathFactory, mode: str
 ) -> None:
@@ -107,7 +108,7 @@ async def replid(client: redis.Redis) -> str:
     return str((await client.info("replication"))["master_replid"])
 
 
-@pytest.mark.parametrize("mode", ["pubsub", "xread"])
+@pytest.mark.parametrize("mode", DELIVERY_MODES)
 async def test_a_promoted_replica_is_noticed_and_watches_go_on(
     tmp_path_factory: pytest.TempPathFactory, mode: str
 ) -> None:

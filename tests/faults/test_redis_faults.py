@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from service.config import Settings
+from service.config import DELIVERY_MODES, Settings
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings, wait_for
@@ -35,7 +35,7 @@ class Stack:
     client: redis.Redis
 
 
-@pytest.fixture(params=["pubsub", "xread"])
+@pytest.fixture(params=DELIVERY_MODES)
 async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
     persistent = request.node.get_closest_marker("no_persistence") is None
     args = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()

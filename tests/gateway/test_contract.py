@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from service import tokens
-from service.config import Settings
+from service.config import DELIVERY_MODES, Settings
 from service.keys import Keys
 from service.migrate import migrate
 from tests.conftest import make_settings
@@ -24,7 +24,7 @@ from tests.redis_servers import RedisServer
 from tests.ws_client import assert_exact, connect, submit
 
 KEYS = Keys()
-MODES = ["pubsub", "xread"]
+MODES = DELIVERY_MODES
 
 
 @dataclass

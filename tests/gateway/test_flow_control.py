@@ -16,12 +16,13 @@ import httpx
 import pytest
 import websockets
 
+from service.config import DELIVERY_MODES
 from tests.conftest import wait_for
 from tests.processes import running_stack
 from tests.test_metrics import samples
 from tests.ws_client import Client, assert_exact, connect, submit
 
-MODES = ["pubsub", "xread"]
+MODES = DELIVERY_MODES
 KiB = 1024
 # The gateway's kernel send buffer per connection: a client that stops reading holds up
 # the gateway's sends after this much, so the tests need not push megabytes to show it.

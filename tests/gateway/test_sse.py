@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from service import tokens
-from service.config import Settings
+from service.config import DELIVERY_MODES, Settings
 from service.gateway.protocol import CloseCode
 from service.keys import Keys
 from service.migrate import migrate
@@ -32,7 +32,7 @@ from tests.ws_client import assert_exact, connect, submit
 KEYS = Keys()
 
 
-@pytest.fixture(params=["pubsub", "xread"])
+@pytest.fixture(params=DELIVERY_MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
