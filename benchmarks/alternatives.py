@@ -52,7 +52,7 @@ from service.bench.harness import (
     until,
 )
 from service.bench.wsload import Received, WsProtocol, client_frame, open_sockets
-from service.dev import free_port, spawn, stop
+from service.processes import free_port, spawn, stop
 
 WINDOW = 20  # rounds (or bursts) the writer may be ahead of the slowest client
 

@@ -17,10 +17,11 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.dev import start_redis, stop
 from service.handlers import BUILTIN_HANDLERS
 from service.keys import Keys
+from service.local_redis import start_redis
 from service.migrate import migrate
+from service.processes import stop
 from service.redis_client import RedisFactory
 from service.streams import JobStore
 from service.worker import Worker

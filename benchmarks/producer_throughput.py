@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from service.config import Settings
-from service.dev import start_redis, stop
+from service.local_redis import start_redis
+from service.processes import stop
 from service.producer import AsyncProducer, Producer
 
 

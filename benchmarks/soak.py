@@ -35,7 +35,8 @@ from service.bench.harness import (
 )
 from service.bench.wsload import Received, WsProtocol, open_sockets
 from service.config import DELIVERY_MODES
-from service.dev import free_port, start_redis, stop
+from service.local_redis import start_redis
+from service.processes import free_port, stop
 
 
 def start_durable_redis(data: Path, port: int) -> subprocess.Popen[bytes]:

@@ -8,12 +8,9 @@ parent-death signal, so none outlives this process even if it is killed outright
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import fcntl
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,93 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from service.config import Settings
+from service.local_redis import start_redis
 from service.logs import redact
 from service.migrate_cli import run_migrate
-
-STOP_TIMEOUT_S = 15.0
-PR_SET_PDEATHSIG = 1
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def spawn(
-    args: list[str], env: dict[str, str] | None = None, **kwargs: object
-) -> subprocess.Popen[bytes]:
-    # preexec_fn is safe here: the dev supervisor starts its children before any thread exists.
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        args,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
-        **kwargs,
-    )
-
-
-def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, wait, then SIGKILL: always by PID, never by name."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def start_redis(
-    data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
-) -> tuple[subprocess.Popen[bytes], str]:
-    """A private redis-server (append-only file in `data_dir`); returns it and its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit(
-            "redis-server was not found. Install it (Debian/Ubuntu: `sudo apt-get install "
-            "redis-server`; macOS: `brew install redis`) or set REDIS_URL to a running Redis."
-        )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    process = spawn(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--logfile",
-            "redis.log",
-            *extra_args,
-        ]
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"redis-server exited at start; see {data_dir / 'redis.log'}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    stop(process)
-    raise SystemExit("redis-server did not answer within 10 s")
-
+from service.processes import spawn, stop
 
 DATA_DIR = Path(".data")
 KEY_FILE = "dev-secret-key"
@@ -120,20 +34,8 @@ LOCK_FILE = "dev.lock"
 
 def run_dev(*, host: str, port: int, workers: int) -> int:
     data_dir = DATA_DIR.resolve()
-    data_dir.mkdir(exist_ok=True)
-    lock = _lock(data_dir)
+    lock = _claim(data_dir, host, port)
     if lock is None:
-        print(
-            "dev: another `python -m service dev` is running with ./.data/ (stop it first, or "
-            "run this one from another directory)",
-            file=sys.stderr,
-        )
-        return 1
-    if not _port_free(host, port):
-        print(
-            f"dev: port {port} on {host} is taken (another dev or server?); pick one with --port",
-            file=sys.stderr,
-        )
         return 1
     children: list[subprocess.Popen[bytes]] = []
     redis_process = None
@@ -142,7 +44,11 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
         # Kept with the results it signs tokens for: a restart keeps old jobs readable.
         env["SECRET_KEY"] = _dev_key(data_dir / KEY_FILE)
     if "REDIS_URL" not in os.environ:
-        redis_process, env["REDIS_URL"] = start_redis(data_dir)
+        try:
+            redis_process, env["REDIS_URL"] = start_redis(data_dir)
+        except RuntimeError as e:
+            print(f"dev: {e}", file=sys.stderr)
+            return 1
         print(
             f"dev: started redis-server (pid {redis_process.pid}) at {env['REDIS_URL']} with "
             "its data in ./.data/",
@@ -205,6 +111,28 @@ def _joining(redis_url: str, key_file: Path) -> str:
     if shown_url != redis_url:
         url += "   # with the password this shell's REDIS_URL has"
     return f"dev: to run a producer or your own worker against this stack:\n  {url}\n  {key}"
+
+
+def _claim(data_dir: Path, host: str, port: int) -> IO[str] | None:
+    """The data directory's lock, once nothing else uses it or the port; None (having said
+    why) otherwise."""
+    data_dir.mkdir(exist_ok=True)
+    lock = _lock(data_dir)
+    if lock is None:
+        print(
+            "dev: another `python -m service dev` is running with ./.data/ (stop it first, or "
+            "run this one from another directory)",
+            file=sys.stderr,
+        )
+        return None
+    if not _port_free(host, port):
+        lock.close()
+        print(
+            f"dev: port {port} on {host} is taken (another dev or server?); pick one with --port",
+            file=sys.stderr,
+        )
+        return None
+    return lock
 
 
 def _lock(data_dir: Path) -> IO[str] | None:

@@ -1,5 +1,6 @@
-"""Private redis-server processes on free loopback ports, for tests and benchmarks: one server,
-or a Redis Cluster of three primaries with a replica each. Every process is stopped by PID.
+"""Private redis-server processes on free loopback ports, for `dev`, the bench, benchmarks and
+tests: one server, or a Redis Cluster of three primaries with a replica each. Every process
+is stopped by PID.
 
 Facts the cluster relies on (measured on these machines): each node also listens on its
 port + 10000 (the cluster bus), so a port is taken only if that one is free too and below
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from service.dev import free_port
+from service.processes import free_port, spawn
 
 START_TIMEOUT_S = 10.0
 BRING_UP_TIMEOUT_S = 60.0
@@ -49,12 +50,16 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *, die_with_parent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed (bash .ci/run installs it)")
+            raise RuntimeError(
+                "redis-server was not found on the PATH: install it (Debian/Ubuntu: apt-get "
+                "install redis-server; macOS: brew install redis), or set REDIS_URL to a "
+                "running Redis"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 binary,
                 "--port",
@@ -69,6 +74,7 @@ class RedisServer:
                 "redis.log",
                 *self.args,
             ],
+            die_with_parent=die_with_parent,
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -107,6 +113,19 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, protocol=2)
+
+
+def start_redis(
+    data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server keeping an append-only file in `data_dir`, that dies with this
+    process; returns it and its URL. Raises RuntimeError, saying why, when it cannot start."""
+    server = RedisServer(
+        data_dir, port=port or free_port(), args=("--appendonly", "yes", *extra_args)
+    )
+    server.start(die_with_parent=True)
+    assert server.process is not None
+    return server.process, server.url
 
 
 def _is_free(port: int) -> bool:

@@ -15,11 +15,11 @@ import redis.asyncio as redis
 import uvicorn
 
 from service.config import Settings
-from service.dev import stop
 from service.gateway.server import gateway_server, uvicorn_config
 from service.handlers import BUILTIN_HANDLERS, Handler
 from service.keys import Keys
 from service.migrate import migrate
+from service.processes import stop
 from service.worker import Worker
 from tests.conftest import PYTHON, ROOT, make_settings, service_env, wait_for
 from tests.redis_servers import RedisServer, free_port

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from service.dev import free_port
 from service.local_redis import RedisServer
+from service.processes import free_port
 
 __all__ = ["RedisServer", "command_calls", "free_port"]
 

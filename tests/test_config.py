@@ -140,4 +140,20 @@ def test_the_client_commands_without_httpx_say_what_to_install() -> None:
 def test_bench_without_its_extras_says_what_to_install() -> None:
     result = _run_without_dev_extras("bench", "--idle-seconds", "1")
     assert result.returncode == 2
-    assert "pip install 'resultcast[bench]'" in result.stderr
+    assert "needs the bench extra (httpx is missing)" in result.stderr, result.stderr
+    assert "pip install -c constraints.txt -e '.[bench]'" in result.stderr, result.stderr
+
+
+def test_bench_says_it_will_flush_the_redis_it_is_given() -> None:
+    url = "redis://u:s3cret@127.0.0.1:1/0"
+    result = subprocess.run(
+        [PYTHON, "-m", "service", "bench", "--redis-url", url, "--modes", "none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2  # the unknown mode, after the warning
+    assert "bench: redis://u:***@127.0.0.1:1/0 will be FLUSHED" in result.stderr, result.stderr
+    assert "s3cret" not in result.stderr

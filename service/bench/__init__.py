@@ -12,6 +12,7 @@ from pathlib import Path
 
 from service.bench.params import Params
 from service.config import DELIVERY_MODES
+from service.logs import redact
 
 PHASES = ("idle", "burst", "steady")
 
@@ -137,9 +138,21 @@ async def run(args: argparse.Namespace, out: Path) -> int:
 def main(args: argparse.Namespace) -> int:
     try:
         import httpx  # noqa: F401 - the load generator's HTTP client
-    except ImportError:
-        print("bench: needs its extras: pip install 'resultcast[bench]'", file=sys.stderr)
+    except ImportError as e:
+        print(
+            f"bench: needs the bench extra ({e.name} is missing): from a checkout, "
+            "pip install -c constraints.txt -e '.[bench]'",
+            file=sys.stderr,
+        )
         return 2
+    if args.redis_url:
+        # Said before anything is touched: each mode starts from an empty Redis.
+        print(
+            f"bench: {redact(args.redis_url)} will be FLUSHED (FLUSHALL) before each mode; "
+            "use a Redis that holds nothing you need",
+            file=sys.stderr,
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for noisy in ("httpx", "matplotlib"):

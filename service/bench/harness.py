@@ -26,11 +26,11 @@ import redis.asyncio as redis
 from service.bench.sseload import open_streams
 from service.bench.wsload import Received, WsProtocol, open_sockets
 from service.codec import event_frame
-from service.dev import free_port, spawn, start_redis, stop
 from service.keys import Keys
-from service.local_redis import LocalCluster
+from service.local_redis import LocalCluster, start_redis
 from service.migrate import migrate
 from service.model import EventKind
+from service.processes import free_port, spawn, stop
 
 KEYS = Keys()
 BENCH_HANDLERS = "service.bench.handlers:HANDLERS"

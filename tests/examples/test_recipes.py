@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as redis
 
 from service.config import Settings
-from service.dev import stop
 from service.keys import Keys
+from service.processes import stop
 from service.producer import AsyncProducer
 from tests.conftest import ROOT, service_env
 from tests.processes import running_gateway
