@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from service.codec import ENTRY_FIELD
 from service.config import Settings
 from service.handlers import BUILTIN_HANDLERS
 from service.keys import Keys
@@ -43,8 +44,8 @@ async def one_run(settings: Settings, n: int, size: int) -> dict[str, Any]:
     wall_s = time.perf_counter() - started
     first: Any = await client.xrange(keys.events(job), count=1)
     last: Any = await client.xrevrange(keys.events(job), count=1)
-    first_ts = orjson.loads(first[0][1][b"f"])["ts"]
-    last_ts = orjson.loads(last[0][1][b"f"])["ts"]
+    first_ts = orjson.loads(first[0][1][ENTRY_FIELD])["ts"]
+    last_ts = orjson.loads(last[0][1][ENTRY_FIELD])["ts"]
     emit_s = max(last_ts - first_ts, 1) / 1000
     events = n + 1
     # Every event stored once, in order: ids 1-0 .. (n+1)-0, the frame's seq matching its id.
@@ -53,7 +54,7 @@ async def one_run(settings: Settings, n: int, size: int) -> dict[str, Any]:
         page: Any = await client.xrange(keys.events(job), min=cursor, count=10_000)
         for entry_id, fields in page:
             exact &= entry_id == f"{expected}-0".encode()
-            exact &= orjson.loads(fields[b"f"])["seq"] == expected
+            exact &= orjson.loads(fields[ENTRY_FIELD])["seq"] == expected
             expected += 1
         if len(page) < 10_000:
             break

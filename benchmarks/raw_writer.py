@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from service.codec import event_frame
+from service.codec import ENTRY_FIELD, META_SEQ, event_frame
 from service.keys import Keys
-from service.model import EventKind
+from service.model import EventKind, stream_id
 
 KEYS = Keys()
 
@@ -38,8 +38,8 @@ def resultcast_event(job: str, seq: int) -> bytes:
     f = frame(job, seq)
     return b"".join(
         (
-            resp(b"XADD", KEYS.events(job).encode(), b"%d-0" % seq, b"f", f),
-            resp(b"HSET", KEYS.meta(job).encode(), b"seq", b"%d" % seq),
+            resp(b"XADD", KEYS.events(job).encode(), stream_id(seq).encode(), ENTRY_FIELD, f),
+            resp(b"HSET", KEYS.meta(job).encode(), META_SEQ.encode(), b"%d" % seq),
             resp(b"PUBLISH", KEYS.channel(job).encode(), f),
         )
     )

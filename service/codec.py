@@ -13,6 +13,12 @@ hand-made frame) is parsed whole, so the answer never depends on key order.
 A notification carries the whole frame only up to a size (`publisher.NOTIFY_MAX_BYTES`); a
 larger event is announced by its position alone, `{"type":"stored","seq":N}`, and gateways
 read it from the stream. `stored_notice` builds that, `stored_seq` reads it.
+
+In the job's stream, event `seq` is the entry `model.stream_id(seq)` (`<seq>-0`) whose field
+`ENTRY_FIELD`, holds the frame; the job's meta hash keeps the last seq in `META_SEQ`. The emit
+script writes them so (tests hold it to these, and to `stored_notice`); every other writer and
+reader of a stream goes through these names (`streams.store_event` writes an event as the
+script does, for tools and tests).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ _TS = re.compile(rb',"ts":(\d{1,19}),')
 _KINDS = {kind.value.encode(): kind for kind in EventKind}
 EVENT_PREFIX = b'{"seq":'
 STORED_PREFIX = b'{"type":"stored","seq":'
+# A stream entry's one field, holding the frame; the meta hash's field of the last seq.
+ENTRY_FIELD = b"f"
+META_SEQ = "seq"
 
 
 class FrameError(ValueError):

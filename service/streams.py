@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from service.breaker import CircuitBreaker
+from service.codec import ENTRY_FIELD, META_SEQ
 from service.keys import Keys
 from service.model import JobStatus, new_job_id, stream_id
 from service.redis_client import is_topology_change, redis_errors, retrying
@@ -182,7 +183,7 @@ class EventReader:
         answers = replies.pop(0) if requests else []
         stored: dict[str, dict[int, bytes | None]] = {}
         for (job, seq), entries in zip(check_list, replies, strict=True):
-            stored.setdefault(job, {})[seq] = entries[0][1][b"f"] if entries else None
+            stored.setdefault(job, {})[seq] = entries[0][1][ENTRY_FIELD] if entries else None
         pages = []
         for r, answer in zip(requests, answers, strict=True):
             if answer is None:  # the call's byte budget ran out before this job
@@ -280,3 +281,11 @@ class EventReader:
             )
         )
         return [answers, *checks] if requests else list(checks)
+
+
+def store_event(pipe: redis.client.Pipeline, keys: Keys, job: str, seq: int, frame: bytes) -> None:
+    """Queue on `pipe` what the emit script leaves in Redis for event `seq` of `job`, without
+    its notification: the stream entry and the meta hash's last seq. For tools and tests that
+    write a job's history by hand (what a gateway misses while its subscriber is down)."""
+    pipe.xadd(keys.events(job), {ENTRY_FIELD: frame}, id=stream_id(seq))
+    pipe.hset(keys.meta(job), META_SEQ, seq)

@@ -6,10 +6,19 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from service.codec import FrameError, FrameHead, event_frame, frame_head, frame_ts
+from service.codec import (
+    ENTRY_FIELD,
+    FrameError,
+    FrameHead,
+    event_frame,
+    frame_head,
+    frame_ts,
+    stored_notice,
+    stored_seq,
+)
 from service.keys import Keys
 from service.model import EventKind
-from service.publisher import EmitLimits
+from service.publisher import NOTIFY_MAX_BYTES, EmitLimits
 from service.scripts import CREATE_JOB, EMIT
 from tests.conftest import entries
 
@@ -25,7 +34,7 @@ async def test_the_emit_script_writes_the_builders_bytes(migrated: redis.Redis) 
     for seq, (kind, data) in enumerate(zip(kinds, datas, strict=True), 1):
         args += [seq, kind.value, 1_700_000_000_000 + seq, data.decode()]
     await EMIT(migrated, [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)], args)
-    stored = [fields[b"f"] for _, fields in await entries(migrated, KEYS.events(job))]
+    stored = [fields[ENTRY_FIELD] for _, fields in await entries(migrated, KEYS.events(job))]
     built = [
         event_frame(seq, job, kind, 1_700_000_000_000 + seq, data)
         for seq, (kind, data) in enumerate(zip(kinds, datas, strict=True), 1)
@@ -69,3 +78,25 @@ def test_the_head_is_read_whatever_the_key_order(kind: EventKind) -> None:
 def test_anything_else_is_a_frame_error(frame: bytes) -> None:
     with pytest.raises(FrameError):
         frame_head(frame)
+
+
+async def test_the_emit_script_announces_a_large_event_with_the_builders_notice(
+    migrated: redis.Redis,
+) -> None:
+    """Past NOTIFY_MAX_BYTES the script publishes the event's position only: the very bytes
+    `stored_notice` builds and `stored_seq` reads; the frame itself is stored as usual."""
+    job = "Big_1"
+    await CREATE_JOB(migrated, [KEYS.meta(job)], ["count", 0, 60_000])
+    listener = migrated.pubsub()
+    await listener.subscribe(KEYS.channel(job))
+    assert (await listener.get_message(timeout=5))["type"] == "subscribe"
+    data = b'{"pad":"' + b"x" * NOTIFY_MAX_BYTES + b'"}'
+    args: list[object] = EmitLimits(100, 1 << 20, 64 << 20).argv(job, 60_000)
+    args += [1, EventKind.DATA.value, 1_700_000_000_001, data.decode()]
+    await EMIT(migrated, [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)], args)
+    message = await listener.get_message(timeout=5)
+    await listener.aclose()
+    assert message is not None and message["data"] == stored_notice(1)
+    assert stored_seq(message["data"]) == 1
+    [(_, fields)] = await entries(migrated, KEYS.events(job))
+    assert fields[ENTRY_FIELD] == event_frame(1, job, EventKind.DATA, 1_700_000_000_001, data)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
+from service.codec import ENTRY_FIELD
 from service.config import ConfigError, Settings
 from service.keys import Keys
 from service.producer import (
@@ -36,7 +37,7 @@ KEYS = Keys()
 
 
 async def stored(client: redis.Redis, job: str) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"f"]) for _, f in await entries(client, KEYS.events(job))]
+    return [orjson.loads(f[ENTRY_FIELD]) for _, f in await entries(client, KEYS.events(job))]
 
 
 async def test_a_producer_job_is_watched_like_any_other(

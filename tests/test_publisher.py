@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from service.codec import seq_of_frame
+from service.codec import ENTRY_FIELD, seq_of_frame
 from service.keys import Keys
 from service.model import EventKind
 from service.publisher import EmitLimits, Emitter, JobFinished, JobLost
@@ -70,7 +70,7 @@ async def create_job(client: redis.Redis, job: str) -> None:
 
 
 async def stream_frames(client: redis.Redis, job: str) -> list[bytes]:
-    return [fields[b"f"] for _, fields in await entries(client, KEYS.events(job))]
+    return [fields[ENTRY_FIELD] for _, fields in await entries(client, KEYS.events(job))]
 
 
 async def test_every_event_is_stored_and_published_in_order(

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
+from service.codec import ENTRY_FIELD
 from service.config import Settings
 from service.handlers import BUILTIN_HANDLERS, Job, load_handlers
 from service.keys import WORKERS_GROUP, Keys
@@ -33,7 +34,7 @@ async def submit(settings: Settings, kind: str, payload: dict[str, Any]) -> str:
 
 
 async def events(client: redis.Redis, job: str) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"f"]) for _, f in await entries(client, KEYS.events(job))]
+    return [orjson.loads(f[ENTRY_FIELD]) for _, f in await entries(client, KEYS.events(job))]
 
 
 async def finished(client: redis.Redis, job: str) -> bool:

@@ -31,6 +31,7 @@ from service.local_redis import LocalCluster, start_redis
 from service.migrate import migrate
 from service.model import EventKind
 from service.processes import free_port, spawn, stop
+from service.streams import store_event
 
 KEYS = Keys()
 BENCH_HANDLERS = "service.bench.handlers:HANDLERS"
@@ -181,8 +182,7 @@ async def write_first_events(
     for job in jobs:
         now_ms = time.time_ns() // 1_000_000
         frame = event_frame(1, job, EventKind.DATA, now_ms, data_json.encode())
-        pipe.xadd(KEYS.events(job), {"f": frame}, id="1-0")
-        pipe.hset(KEYS.meta(job), "seq", 1)
+        store_event(pipe, KEYS, job, 1, frame)
         if publish:
             pipe.publish(KEYS.channel(job), frame)
     await pipe.execute()

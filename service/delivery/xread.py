@@ -24,6 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.aio import stop_tasks
+from service.codec import ENTRY_FIELD
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
@@ -189,7 +190,7 @@ class XreadSource:
             for _, entries in reply or ():
                 largest = 0
                 for _, fields in entries:
-                    frame = fields[b"f"]
+                    frame = fields[ENTRY_FIELD]
                     largest = max(largest, len(frame))
                     sink.publish(job, frame)
                 # A terminal event ends the watch, and with it this job's loop and cursor.

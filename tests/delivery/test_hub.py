@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from service.codec import seq_of_frame
+from service.codec import ENTRY_FIELD, seq_of_frame
 from service.delivery.hub import Hub
 from service.delivery.memory import MemorySource
 from service.keys import Keys
@@ -79,7 +79,7 @@ class Job:
         if publish:
             entries: Any = await self.client.xrange(KEYS.events(self.name), f"{first}-0", "+")
             for _, fields in entries:
-                self.source.push(self.name, fields[b"f"])
+                self.source.push(self.name, fields[ENTRY_FIELD])
 
 
 @pytest.fixture

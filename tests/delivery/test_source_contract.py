@@ -24,7 +24,7 @@ from service.publisher import EmitLimits
 from service.redis_client import RedisFactory
 from service.scripts import CREATE_JOB, EMIT
 from service.stats import GatewayStats
-from service.streams import EventReader, PageReader
+from service.streams import EventReader, PageReader, store_event
 from tests.conftest import wait_for
 from tests.delivery.clients import Client, Watcher
 
@@ -80,9 +80,9 @@ def redis_rig(
             args = [*LIMITS.argv(job, 60_000), seq, kind.value, 1, "{}"]
             await EMIT(client, keys, args)
         else:  # stored, but the notification is lost
-            frame = event_frame(seq, job, kind, 1, b"{}")
-            await client.xadd(KEYS.events(job), {"f": frame}, id=f"{seq}-0")
-            await client.hset(KEYS.meta(job), "seq", seq)
+            pipe = client.pipeline(transaction=False)
+            store_event(pipe, KEYS, job, seq, event_frame(seq, job, kind, 1, b"{}"))
+            await pipe.execute()
 
     return source, EventReader(client, KEYS), write
 

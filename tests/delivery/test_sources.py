@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as redis
 
-from service.codec import event_frame
+from service.codec import ENTRY_FIELD, event_frame
 from service.config import Settings
 from service.delivery.pubsub import PubSubSource
 from service.delivery.xread import XreadSource
 from service.keys import Keys
-from service.model import EventKind, ServiceError
+from service.model import EventKind, ServiceError, stream_id
 from service.redis_client import RedisFactory
 from service.stats import GatewayStats
 from tests.conftest import wait_for
@@ -63,7 +63,7 @@ async def test_an_xread_loop_that_fails_is_restarted_and_its_job_caught_up(
         source.follow("j", 0)
         await wait_for(lambda: not source.ready(), what="the failed loop to show in ready()")
         await migrated.delete(KEYS.events("j"))
-        await migrated.xadd(KEYS.events("j"), {"f": frame("j", 1)}, id="1-0")
+        await migrated.xadd(KEYS.events("j"), {ENTRY_FIELD: frame("j", 1)}, id=stream_id(1))
         await wait_for(lambda: sink.frames, what="the restarted loop to read again")
         assert source.ready()
         assert sink.frames == [("j", frame("j", 1))]

@@ -19,6 +19,7 @@ from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import EventKind, new_job_id
+from service.streams import store_event
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
@@ -37,8 +38,8 @@ def frame(job: str, seq: int, event: str, data: str) -> bytes:
 async def store(client: redis.Redis, job: str, frames: list[bytes], status: str) -> None:
     pipe = client.pipeline(transaction=False)
     for seq, f in enumerate(frames, 1):
-        pipe.xadd(KEYS.events(job), {"f": f}, id=f"{seq}-0")
-    pipe.hset(KEYS.meta(job), mapping={"status": status, "kind": "count", "seq": len(frames)})
+        store_event(pipe, KEYS, job, seq, f)
+    pipe.hset(KEYS.meta(job), mapping={"status": status, "kind": "count"})
     await pipe.execute()
 
 
@@ -99,9 +100,11 @@ async def test_a_rewritten_history_ends_the_watch_with_gone(
 async def publish(client: redis.Redis, job: str, seq: int, event: str, data: str) -> None:
     """What a worker's emit does: the event stored, then its frame published."""
     f = frame(job, seq, event, data)
-    await client.xadd(KEYS.events(job), {"f": f}, id=f"{seq}-0")
-    await client.hset(KEYS.meta(job), mapping={"seq": seq, "status": "running"})
-    await client.publish(KEYS.channel(job), f)
+    pipe = client.pipeline(transaction=False)
+    store_event(pipe, KEYS, job, seq, f)
+    pipe.hset(KEYS.meta(job), "status", "running")
+    pipe.publish(KEYS.channel(job), f)
+    await pipe.execute()
 
 
 async def replid(client: redis.Redis) -> str:
