@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -61,13 +61,14 @@ class Stack:
     meter: Meter
     client: redis.Redis
 
-    async def reader_during(self, attack: asyncio.Future[Any]) -> list[float]:
-        """A normal reader's latencies (ms) over a 3 s job that runs while `attack` does."""
+    async def attack(self, attacker: Callable[..., T], *args: object) -> tuple[T, list[float]]:
+        """Run `attacker(port, *args)` (blocking, in a thread) while a normal reader watches a
+        3 s job; its result, and the reader's latencies (ms)."""
+        running = asyncio.ensure_future(asyncio.to_thread(attacker, self.port, *args))
         job, token = await submit(self.base, "count", {"n": 60, "interval_ms": 50})
         latencies: list[float] = []
         await normal_reader(self.base, job, token, latencies)
-        await attack
-        return latencies
+        return await running, latencies
 
 
 @contextlib.asynccontextmanager
@@ -87,11 +88,6 @@ async def stack(tmp_path: Path, **env: str) -> AsyncIterator[Stack]:
                     sampler.cancel()
 
 
-def in_thread(function: Callable[..., T], *args: object) -> asyncio.Future[T]:
-    """An attacker's blocking loop, in a thread, while the test goes on."""
-    return asyncio.ensure_future(asyncio.to_thread(function, *args))
-
-
 async def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded_and_dropped(
     tmp_path: Path,
 ) -> None:
@@ -105,9 +101,7 @@ async def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded_and_drop
         return sent, dropped_after
 
     async with stack(tmp_path) as s:
-        attack = in_thread(flood, s.port)
-        latencies = await s.reader_during(attack)
-        sent, _ = attack.result()
+        (sent, _), latencies = await s.attack(flood)
         s.meter.report(f"ping flood ({sent} pings)", latencies)
         assert s.meter.growth_mib < 16, s.meter.growth_mib
         await wait_for(lambda: s.meter.connections(s.port) == 0, what="the connection gone")
@@ -140,9 +134,7 @@ async def test_request_headers_over_64_kib_get_431_as_soon_as_they_arrive(
         return head, sent
 
     async with stack(tmp_path) as s:
-        attack = in_thread(huge_header, s.port)
-        latencies = await s.reader_during(attack)
-        head, sent = attack.result()
+        (head, sent), latencies = await s.attack(huge_header)
         s.meter.report(f"one header of {sent // 1024} KiB", latencies)
         assert s.meter.cpu_s() - s.meter.cpu_start_s < 5
     assert head.startswith(b"HTTP/1.1 431"), head[:200]
@@ -198,9 +190,7 @@ async def test_a_response_nobody_reads_is_dropped(tmp_path: Path, path: str) -> 
     async with stack(tmp_path) as s:
         job, token = await _large_job(s)
         target = path.format(job=job) + f"?token={token}"
-        attack = in_thread(stuck_reader, s.port, target, 20)
-        latencies = await s.reader_during(attack)
-        dropped = attack.result()
+        dropped, latencies = await s.attack(stuck_reader, target, 20)
         s.meter.report(f"20 x GET {path} never read", latencies)
         await wait_for(lambda: s.meter.connections(s.port) == 0, what="every connection gone")
         assert s.meter.rss_mib() - s.meter.rss_start_mib < 40
@@ -225,9 +215,7 @@ async def test_a_socket_closed_with_1013_is_dropped_and_counts_until_then(
 
     async with stack(tmp_path) as s:
         job, token = await _large_job(s)
-        attack = in_thread(stuck_watchers, s.port, job, token, 20)
-        latencies = await s.reader_during(attack)
-        dropped = attack.result()
+        dropped, latencies = await s.attack(stuck_watchers, job, token, 20)
         s.meter.report("20 watchers that read nothing, closed with 1013", latencies)
         await wait_for(lambda: s.meter.connections(s.port) == 0, what="every connection gone")
     assert max(dropped) < STALL_S + 3 * GRACE_S + 5, dropped
@@ -278,9 +266,7 @@ def trickle_a_body(port: int) -> float:
 async def test_a_request_body_sent_a_byte_at_a_time_is_timed_out(tmp_path: Path) -> None:
     """Before: one byte every 5 s was never timed out; 278 such took every fd."""
     async with stack(tmp_path) as s:
-        attack = in_thread(trickle_a_body, s.port)
-        latencies = await s.reader_during(attack)
-        took = attack.result()
+        took, latencies = await s.attack(trickle_a_body)
         s.meter.report("a body trickled a byte every 0.2 s", latencies)
     assert took < DEADLINE_S + GRACE_S + 1, took
 
@@ -306,9 +292,7 @@ async def test_a_message_left_unfinished_closes_the_socket_with_1008(
         return codes
 
     async with stack(tmp_path) as s:
-        attack = in_thread(hold, s.port, 50)
-        latencies = await s.reader_during(attack)
-        codes = attack.result()
+        codes, latencies = await s.attack(hold, 50)
         s.meter.report(f"50 sockets holding {unfinished}", latencies)
         await wait_for(lambda: s.meter.connections(s.port) == 0, what="every connection gone")
     assert codes == [1008] * 50, codes
@@ -327,9 +311,7 @@ async def test_requests_from_a_client_that_reads_no_reply_do_not_queue_without_b
         return sent, dropped_after
 
     async with stack(tmp_path, MAX_SEND_QUEUE_BYTES=str(1 * MiB)) as s:
-        attack = in_thread(ask_without_reading, s.port)
-        latencies = await s.reader_during(attack)
-        sent, _ = attack.result()
+        (sent, _), latencies = await s.attack(ask_without_reading)
         s.meter.report(f"{sent} pings, no reply read", latencies)
         assert s.meter.growth_mib < 16, s.meter.growth_mib
         await wait_for(lambda: s.meter.connections(s.port) == 0, what="the connection gone")
