@@ -2,7 +2,7 @@
 
 Each `ResumingWatch` watches one job the way the shipped Python client (`service.client`)
 does: when its socket drops it reconnects after the same jittered back-off
-(`service.client.backoff_s`, reset once the gateway answers) and watches again with `after`
+(`service.client.reconnect_delay_s`, reset once the gateway answers) and watches again with `after`
 set to the last id it received. Unlike the shipped client it does not drop repeats: it
 counts them, since a repeat is the service's fault. It rides on the lean load client
 (`service.bench.wsload`), so the client does not become the bottleneck being measured.
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from service.bench.wsload import Received, WsProtocol
-from service.client import TERMINAL_EVENTS, backoff_s
+from service.client import TERMINAL_EVENTS, reconnect_delay_s
 
 
 @dataclass
@@ -143,7 +143,7 @@ class ResumingWatch:
         self._socket = None
 
     async def _back_off(self) -> None:
-        delay = backoff_s(self._attempt, self.max_backoff_s)
+        delay = reconnect_delay_s(self._attempt, self.max_backoff_s)
         self._attempt += 1
         await asyncio.sleep(delay)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from service.backoff import retry_delay_s
 
 DEFAULT_BASE = "http://127.0.0.1:8000"
 TRANSIENT = frozenset({"busy", "capacity", "unavailable"})
@@ -130,10 +131,10 @@ async def submit(
     return Submitted(body["job"], body["token"])
 
 
-def backoff_s(attempt: int, cap_s: float) -> float:
-    """Jittered exponential backoff: many clients dropped at once do not return in step."""
-    ceiling = min(cap_s, 0.25 * 2.0**attempt)
-    return ceiling / 2 + random.random() * ceiling / 2
+def reconnect_delay_s(attempt: int, cap_s: float) -> float:
+    """The wait before reconnect number `attempt` (0 first): at least half of a ceiling that
+    starts at 0.25 s and doubles, up to `cap_s`, so clients dropped at once return apart."""
+    return retry_delay_s(attempt + 1, base_s=0.25, cap_s=cap_s, at_least=0.5)
 
 
 # WebSocket upgrades refused in a row (an HTTP answer other than 101), after which
@@ -291,7 +292,7 @@ async def _over_websocket(  # noqa: PLR0917 - one caller, the arguments of `watc
             reach.failed(url, f"the WebSocket upgrade was refused: {describe(e)}")
         except (OSError, TimeoutError) as e:
             reach.failed(url, describe(e))  # the gateway is not there (yet): try again
-        delay = backoff_s(attempt, max_backoff_s)
+        delay = reconnect_delay_s(attempt, max_backoff_s)
         attempt += 1
         if on_reconnect is not None:
             on_reconnect(position.last_id, delay)
@@ -340,7 +341,7 @@ async def _over_sse(  # noqa: PLR0917 - one caller, the arguments of `watch`
             except httpx.TransportError as e:
                 # The gateway is not there (yet), or the stream broke: resume.
                 reach.failed(url, describe(e))
-            delay = backoff_s(attempt, max_backoff_s)
+            delay = reconnect_delay_s(attempt, max_backoff_s)
             attempt += 1
             if on_reconnect is not None:
                 on_reconnect(position.last_id, delay)

@@ -28,10 +28,11 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError
 
+from service.backoff import retry_delay_s
 from service.config import Settings
 from service.keys import Keys
 from service.model import EventKind
-from service.redis_client import backoff_s, is_topology_change, is_transient
+from service.redis_client import is_topology_change, is_transient
 from service.scripts import EMIT
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ class Emitter:
                         type(e).__name__,
                         e,
                     )
-                await asyncio.sleep(backoff_s(attempt, base_s=0.05, cap_s=2.0))
+                await asyncio.sleep(retry_delay_s(attempt, base_s=0.05, cap_s=2.0))
                 continue
             if self.failing_since is not None:
                 log.info(
@@ -340,7 +341,7 @@ class Emitter:
             pending, refused = self._settle(pending, results)
             if refused:  # a slot moving, a server loading: back off before sending again
                 attempt += 1
-                await asyncio.sleep(backoff_s(attempt, base_s=0.05, cap_s=2.0))
+                await asyncio.sleep(retry_delay_s(attempt, base_s=0.05, cap_s=2.0))
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)

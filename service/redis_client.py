@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -41,6 +40,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.backoff import retry_delay_s
 from service.breaker import BreakerState, CircuitBreaker
 from service.cluster_client import WaitingCluster
 from service.config import Settings
@@ -380,10 +380,5 @@ async def retrying(
         except Exception as e:
             if attempt == attempts or not is_transient(e):
                 raise
-            await asyncio.sleep(backoff_s(attempt, base_s, cap_s))
+            await asyncio.sleep(retry_delay_s(attempt, base_s=base_s, cap_s=cap_s))
     raise AssertionError("unreachable")
-
-
-def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 5.0) -> float:
-    """Full-jitter exponential backoff for the `attempt`-th retry (1-based)."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))

@@ -29,6 +29,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from service.aio import stop_tasks
+from service.backoff import reconnect_delay_s, retry_delay_s
 from service.config import Settings
 from service.handlers import Handler, Job, JobFailed, time_limit_s
 from service.keys import WORKERS_GROUP, Keys
@@ -47,7 +48,7 @@ from service.publisher import (
     emit_limits,
     now_ms,
 )
-from service.redis_client import RedisFactory, backoff_s, is_transient, redis_errors, retrying
+from service.redis_client import RedisFactory, is_transient, redis_errors, retrying
 from service.scripts import START_JOB
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class Worker:
                 log.warning("taking jobs failed (attempt %d): %s: %s", attempt, type(e).__name__, e)
                 if isinstance(e, ResponseError) and str(e).startswith("NOGROUP"):
                     await self._restore_layout()
-                await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=5.0))
+                await asyncio.sleep(reconnect_delay_s(attempt))
                 continue
             self._release(free)  # and at once taken by the jobs read, if any
             for entry_id, fields in entries:
@@ -435,7 +436,7 @@ class Worker:
                         type(e).__name__,
                         e,
                     )
-                await asyncio.sleep(backoff_s(attempt, base_s=0.1, cap_s=2.0))
+                await asyncio.sleep(retry_delay_s(attempt, base_s=0.1, cap_s=2.0))
 
     # -- stopping ----------------------------------------------------------------------------
 

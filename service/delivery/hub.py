@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from service.aio import stop_tasks
+from service.backoff import reconnect_delay_s
 from service.codec import FrameError, FrameHead, frame_head, stored_seq
 from service.delivery.base import CatchUpCause, LiveSource, Watcher
 from service.delivery.supervise import restart_forever
 from service.model import ErrorCode, ServiceError
-from service.redis_client import backoff_s
 from service.server_identity import ServerIdentity
 from service.stats import GatewayStats
 from service.streams import Page, PageReader, PageRequest
@@ -380,14 +380,14 @@ class Hub:
         except ServiceError as e:
             self._failures += 1
             self.report([feed.job for feed in feeds], e)
-            await asyncio.sleep(backoff_s(self._failures, base_s=0.1, cap_s=5.0))
+            await asyncio.sleep(reconnect_delay_s(self._failures))
         except Exception as e:
             # Never let catch-up die: say so, back off, and go on.
             self._failures += 1
             log.exception("catch-up of %d job(s) failed unexpectedly", len(feeds))
             error = ServiceError(f"internal error: {type(e).__name__}")
             self.report([feed.job for feed in feeds], error)
-            await asyncio.sleep(backoff_s(self._failures, base_s=0.1, cap_s=5.0))
+            await asyncio.sleep(reconnect_delay_s(self._failures))
         finally:
             for watcher, nbytes in promised.items():
                 left = self._promised.get(watcher, 0) - nbytes

@@ -25,12 +25,13 @@ from typing import Any
 import redis.asyncio as redis
 
 from service.aio import stop_tasks
+from service.backoff import reconnect_delay_s
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import RedisUnavailable
-from service.redis_client import UNAVAILABLE_MESSAGE, RedisFactory, backoff_s
+from service.redis_client import UNAVAILABLE_MESSAGE, RedisFactory
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class PatternSubscriber:
                 # outage (the hub keeps count) and goes on by itself once Redis answers.
                 self._sink.report(None, RedisUnavailable(UNAVAILABLE_MESSAGE))
             failures = 1 if self._connected_this_round else failures + 1
-            await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+            await asyncio.sleep(reconnect_delay_s(failures))
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()

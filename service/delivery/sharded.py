@@ -37,11 +37,11 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ResponseError
 
 from service.aio import stop_tasks
+from service.backoff import reconnect_delay_s, retry_delay_s
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
-from service.redis_client import backoff_s
 from service.server_identity import info_field
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Shard:
                     await connection.disconnect()
             # The node may be gone for good (a failover): find where its channels live now.
             self._source.topology_changed()
-            await asyncio.sleep(backoff_s(max(1, failures), base_s=0.1, cap_s=5.0))
+            await asyncio.sleep(reconnect_delay_s(failures))
 
     async def _serve(self, connection: redis.Connection) -> None:
         self._outgoing.clear()
@@ -309,7 +309,7 @@ class ShardedSource:
                 await self._cluster.nodes_manager.initialize()
             except Exception as e:
                 log.warning("could not re-read the cluster's slots: %s: %s", type(e).__name__, e)
-                await asyncio.sleep(backoff_s(1, base_s=0.2, cap_s=2.0))
+                await asyncio.sleep(retry_delay_s(1, base_s=0.2, cap_s=2.0))
                 self._refresh_again = True
             else:
                 self._apply_topology()

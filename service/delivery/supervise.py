@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from service.redis_client import backoff_s
+from service.backoff import reconnect_delay_s
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,6 @@ async def restart_forever(
             if on_crash is not None:
                 on_crash(e)
         failures = 1 if loop.time() - started > HEALTHY_RUN_S else failures + 1
-        await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+        await asyncio.sleep(reconnect_delay_s(failures))
         if on_restart is not None:
             on_restart()

@@ -24,6 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.aio import stop_tasks
+from service.backoff import reconnect_delay_s
 from service.codec import ENTRY_FIELD
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
@@ -34,7 +35,6 @@ from service.redis_client import (
     BLOCK_MARGIN_S,
     CAPACITY_MESSAGE,
     RedisFactory,
-    backoff_s,
     map_redis_error,
 )
 
@@ -151,7 +151,7 @@ class XreadSource:
                     raise
                 failures += 1
                 self._sink.report([job], error)
-                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+                await asyncio.sleep(reconnect_delay_s(failures))
                 continue
             try:
                 failures = await self._read(job, key, reader, failures)
@@ -179,7 +179,7 @@ class XreadSource:
                     raise  # not Redis trouble: the supervisor logs it and restarts the loop
                 failures += 1
                 sink.report([job], error)
-                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=5.0))
+                await asyncio.sleep(reconnect_delay_s(failures))
                 if self._cluster is not None:
                     return failures  # the job may live elsewhere now
                 continue
