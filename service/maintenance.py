@@ -12,48 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as redis
 
 from service.keys import Keys
+from service.lease import Lease
 from service.redis_client import redis_errors
-from service.scripts import RELEASE_LOCK
 
 log = logging.getLogger(__name__)
-
-
-class Lease:
-    """A named lease in Redis that one holder at a time renews."""
-
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float, holder: str) -> None:
-        self._client = client
-        self._key = key
-        self._ttl_ms = int(ttl_s * 1000)
-        # Readable, so an operator can see who holds it; random, so no two holders collide.
-        self.token = f"{holder}/{secrets.token_hex(8)}"
-        self.held = False
-
-    async def acquire_or_renew(self) -> bool:
-        if self.held:
-            renewed = await RELEASE_LOCK(self._client, [self._key], [self.token, self._ttl_ms])
-            self.held = bool(renewed)
-            if not self.held:
-                log.warning("lease %s was lost (expired while this process stalled)", self._key)
-        if not self.held:
-            self.held = bool(
-                await self._client.set(self._key, self.token, nx=True, px=self._ttl_ms)
-            )
-            if self.held:
-                log.info("took lease %s", self._key)
-        return self.held
-
-    async def release(self) -> None:
-        if self.held:
-            await RELEASE_LOCK(self._client, [self._key], [self.token])
-            self.held = False
 
 
 def _next_id(stream_id: str) -> str:
@@ -110,6 +78,15 @@ def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def _hold(lease: Lease) -> bool:
+    """Renew the lease if held, else try to take it; whether this process holds it now."""
+    if lease.held and not await lease.renew():
+        log.warning("lease %s was lost (expired while this process stalled)", lease.key)
+    if not lease.held and await lease.take():
+        log.info("took lease %s", lease.key)
+    return lease.held
+
+
 async def run_maintenance(
     client: redis.Redis,
     keys: Keys,
@@ -128,7 +105,7 @@ async def run_maintenance(
         while True:
             try:
                 with redis_errors("maintenance"):
-                    if await lease.acquire_or_renew() and loop.time() >= next_work:
+                    if await _hold(lease) and loop.time() >= next_work:
                         for stream in keys.job_stream_keys:
                             trimmed = await trim_acknowledged(client, stream)
                             if trimmed:

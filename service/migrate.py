@@ -9,12 +9,10 @@ newest migration they ship with.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import os
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from service.keys import WORKERS_GROUP, Keys
-from service.scripts import RELEASE_LOCK
+from service.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +149,10 @@ async def migrate(
 ) -> list[int]:
     """Apply pending migrations in order; returns the versions applied (or, dry, pending)."""
     migrations = discover(directory)
-    token = secrets.token_hex(16)
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while not await client.set(keys.migrations_lock, token, nx=True, px=int(LOCK_TTL_S * 1000)):
-        if time.monotonic() > deadline:
-            raise MigrationError("another migrator has held the lock for too long")
-        await asyncio.sleep(0.05)
+    lock = Lease(client, keys.migrations_lock, LOCK_TTL_S, "migrate")
+    await lock.take_within(
+        LOCK_WAIT_S, lambda: MigrationError("another migrator has held the lock for too long")
+    )
     try:
         done = await applied_versions(client, keys)
         pending = [m for m in migrations if m.version not in done]
@@ -182,7 +178,7 @@ async def migrate(
                 report(f"created the job stream {stream} and its consumer group")
         return [m.version for m in pending]
     finally:
-        await RELEASE_LOCK(client, [keys.migrations_lock], [token])
+        await lock.release()
 
 
 async def status(

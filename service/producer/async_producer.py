@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -24,11 +22,12 @@ import orjson
 from service import tokens
 from service.config import ConfigError, Settings
 from service.keys import Keys
+from service.lease import Lease
 from service.model import EventKind, JobStatus, new_job_id
 from service.producer.errors import JobBusy, NotWritten
 from service.publisher import Emitter, JobFinished, JobLost, JobWriter, emit_limits, now_ms
 from service.redis_client import RedisFactory, retrying
-from service.scripts import CREATE_JOB, RELEASE_LOCK, START_JOB
+from service.scripts import CREATE_JOB, START_JOB
 
 log = logging.getLogger(__name__)
 
@@ -233,34 +232,28 @@ class AsyncProducer:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._emitter.run(), name="producer flusher")
 
-    async def _take_lease(self, job: str, wait_s: float) -> str:
-        lease = secrets.token_hex(8)
-        key, lease_ms = self.keys.writer(job), int(LEASE_S * 1000)
-        deadline = time.monotonic() + wait_s
-        delay = 0.05
-        while not await retrying(lambda: self._client.set(key, lease, nx=True, px=lease_ms)):
-            if time.monotonic() >= deadline:
-                raise JobBusy(f"job {job} is open in another writer (waited {wait_s:g}s)")
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
+    async def _take_lease(self, job: str, wait_s: float) -> Lease:
+        lease = Lease(self._client, self.keys.writer(job), LEASE_S)
+        await lease.take_within(
+            wait_s, lambda: JobBusy(f"job {job} is open in another writer (waited {wait_s:g}s)")
+        )
         return lease
 
-    async def _renew(self, job: str, lease: str) -> None:
+    async def _renew(self, job: str, lease: Lease) -> None:
         """Keep the lease while the job is open; returns (ending the job's writes) if it
         was lost: another writer took the job after this one could not renew in time."""
-        key, lease_ms = self.keys.writer(job), str(int(LEASE_S * 1000))
         while True:
             await asyncio.sleep(LEASE_S / 3)
             try:
-                if not await RELEASE_LOCK(self._client, [key], [lease, lease_ms]):
+                if not await lease.renew():
                     log.error("job %s: this writer's lease was lost; it writes no more", job)
                     return
             except Exception as e:  # Redis down: the lease may outlive it; try again
                 log.warning("job %s: renewing the writer's lease failed: %s", job, e)
 
-    async def _release_lease(self, job: str, lease: str) -> None:
+    async def _release_lease(self, job: str, lease: Lease) -> None:
         try:
-            await RELEASE_LOCK(self._client, [self.keys.writer(job)], [lease])
+            await lease.release()
         except Exception as e:  # it expires on its own
             log.warning("job %s: releasing the writer's lease failed: %s", job, e)
 

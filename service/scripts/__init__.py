@@ -47,5 +47,5 @@ class Script:
 EMIT = Script.load("emit")
 START_JOB = Script.load("start_job")
 CREATE_JOB = Script.load("create_job")
-RELEASE_LOCK = Script.load("release_lock")
+LEASE = Script.load("lease")
 READ_PAGE = Script.load("read_page")
