@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import redis.asyncio as redis
@@ -51,7 +51,10 @@ MIN_QUEUED_BYTES = 8 * 1024 * 1024
 
 
 class EmitError(Exception):
-    """An event could not be written, for a reason that retrying will not fix."""
+    """An event could not be written. `retryable`: whether trying again later may succeed
+    (Redis unreachable, another writer holding the job) or not (the job ended, a limit)."""
+
+    retryable: ClassVar[bool] = False
 
 
 class JobLost(EmitError):

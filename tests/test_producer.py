@@ -26,11 +26,12 @@ from service.producer import (
     JobLost,
     NotWritten,
     Producer,
+    RedisUnreachable,
     TooManyEvents,
 )
 from tests.conftest import ROOT, entries, make_settings
 from tests.processes import running_gateway
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact, connect
 
 KEYS = Keys()
@@ -250,3 +251,20 @@ def test_a_producer_without_a_key_says_where_the_dev_stack_keeps_it(
     message = str(refused.value)
     assert message.startswith("SECRET_KEY: required"), message
     assert ".data/dev-secret-key" in message and "REDIS_URL" in message, message
+
+
+async def test_an_unreachable_redis_is_the_producers_own_retryable_error() -> None:
+    """Not a redis-py ConnectionError from deep inside: one error the task can act on, naming
+    the address with its password masked, that says whether retrying may help."""
+    url = f"redis://app:s3cret@127.0.0.1:{free_port()}/0"
+    async with AsyncProducer(redis_url=url, secret_key="k") as producer:
+        with pytest.raises(RedisUnreachable) as refused:
+            await producer.create()
+        with pytest.raises(RedisUnreachable):
+            async with producer.open("AAAAAAAAAAAAAAAAAAAAAA"):
+                pass
+    message = str(refused.value)
+    assert message.startswith("creating a job: cannot reach Redis at redis://app:***@127.0.0.1:")
+    assert "s3cret" not in message
+    assert refused.value.retryable and NotWritten.retryable and JobBusy.retryable
+    assert not JobFinished.retryable and not JobLost.retryable and not TooManyEvents.retryable

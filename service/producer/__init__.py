@@ -12,7 +12,7 @@
 """
 
 from service.producer.async_producer import AsyncJob, AsyncProducer
-from service.producer.errors import JobBusy, NotWritten
+from service.producer.errors import JobBusy, NotWritten, RedisUnreachable
 from service.producer.sync_producer import Job, Producer
 from service.publisher import (
     EmitError,
@@ -37,5 +37,6 @@ __all__ = [
     "LimitReached",
     "NotWritten",
     "Producer",
+    "RedisUnreachable",
     "TooManyEvents",
 ]

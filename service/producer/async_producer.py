@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service import tokens
 from service.config import ConfigError, Settings
 from service.keys import Keys
 from service.lease import Lease
+from service.logs import redact
 from service.model import EventKind, JobStatus, new_job_id
-from service.producer.errors import JobBusy, NotWritten
+from service.producer.errors import JobBusy, NotWritten, RedisUnreachable
 from service.publisher import Emitter, JobFinished, JobLost, JobWriter, emit_limits, now_ms
 from service.redis_client import RedisFactory, retrying
 from service.scripts import CREATE_JOB, START_JOB
@@ -156,8 +158,20 @@ class AsyncProducer:
         job = new_job_id()
         ttl_ms = self.settings.result_ttl_s * 1000
         meta = [self.keys.meta(job)]
-        await retrying(lambda: CREATE_JOB(self._client, meta, [kind, now_ms(), ttl_ms]))
+        with self._reaching_redis("creating a job"):
+            await retrying(lambda: CREATE_JOB(self._client, meta, [kind, now_ms(), ttl_ms]))
         return job, tokens.sign(job, self.settings.secret_key)
+
+    @contextmanager
+    def _reaching_redis(self, what: str) -> Iterator[None]:
+        """Redis that does not answer, as the producer's own retryable error naming it."""
+        try:
+            yield
+        except (RedisError, OSError) as e:
+            url = redact(self.settings.redis_url)
+            raise RedisUnreachable(
+                f"{what}: cannot reach Redis at {url}: {type(e).__name__}: {e}"
+            ) from e
 
     def token(self, job: str) -> str:
         """The watch token of `job` (for a job created elsewhere, e.g. by `POST /jobs`)."""
@@ -168,12 +182,14 @@ class AsyncProducer:
         """Write `job`'s events. Opening it again later (a retry) goes on after what was
         written (`resumed_after`); while another writer has it open, waits up to `wait_s`,
         then raises `JobBusy`. Leaving the block writes what was emitted before it returns."""
-        lease = await self._take_lease(job, wait_s)
+        with self._reaching_redis(f"opening job {job}"):
+            lease = await self._take_lease(job, wait_s)
         renewing = asyncio.create_task(self._renew(job, lease), name=f"lease {job}")
         try:
-            attempt, last_seq, status = await retrying(
-                lambda: START_JOB(self._client, [self.keys.meta(job)], [now_ms()])
-            )
+            with self._reaching_redis(f"opening job {job}"):
+                attempt, last_seq, status = await retrying(
+                    lambda: START_JOB(self._client, [self.keys.meta(job)], [now_ms()])
+                )
             status = status.decode() if isinstance(status, bytes) else str(status)
             if not status:
                 raise JobLost(f"job {job} is unknown (never created, or its results expired)")
