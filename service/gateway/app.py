@@ -1,52 +1,31 @@
-"""The Starlette application: routes, and the resources that live as long as it does."""
+"""The ASGI application: its routes and error answers; the running parts are `running.py`'s,
+kept in the Starlette app's state for as long as its lifespan runs."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.config import Settings
-from service.delivery import Delivery, create_delivery
 from service.gateway.errors import HTTPFailure, error_response, service_error_response
-from service.gateway.health import Health
-from service.gateway.jobs import Intake
+from service.gateway.running import Gateway, running_gateway
 from service.gateway.sessions import Sessions
 from service.gateway.sse import SseEndpoint
 from service.gateway.ws import WebSocketEndpoint
-from service.keys import Keys
-from service.metrics import CONTENT_TYPE, GatewayCollector, registry_with, render
-from service.migrate import require_layout
+from service.metrics import CONTENT_TYPE, render
 from service.model import ErrorCode, ServiceError
-from service.redis_client import RedisFactory
-from service.stats import GatewayStats
-from service.streams import JobStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Gateway:
-    """Everything one gateway process holds; built in the lifespan, gone after it."""
-
-    settings: Settings
-    factory: RedisFactory
-    intake: Intake
-    health: Health
-    delivery: Delivery
-    sessions: Sessions
-    stats: GatewayStats
-    metrics: CollectorRegistry
 
 
 class GatewayApp:
@@ -90,107 +69,80 @@ def _route_path(scope: Any) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+def gateway_of(request: Request) -> Gateway:
+    """The running gateway serving `request` (set by the app's lifespan)."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def post_job(request: Request) -> Response:
+    return await gateway_of(request).intake.submit(request)
+
+
+async def get_job(request: Request) -> Response:
+    return await gateway_of(request).intake.read(request)
+
+
+async def healthz(request: Request) -> Response:
+    return await gateway_of(request).health.healthz(request)
+
+
+async def readyz(request: Request) -> Response:
+    return await gateway_of(request).health.readyz(request)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(render(gateway_of(request).metrics), media_type=CONTENT_TYPE)
+
+
+DEMO_PAGE = files("service.gateway").joinpath("static/index.html").read_bytes()
+
+
+async def index(_request: Request) -> Response:
+    return Response(DEMO_PAGE, media_type="text/html; charset=utf-8")
+
+
+async def on_failure(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPFailure)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def on_service_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(exc)
+
+
+async def on_http_exception(_request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.BAD_REQUEST}
+    detail = getattr(exc, "detail", "") or "error"
+    code = codes.get(status, ErrorCode.BAD_REQUEST)
+    return error_response(status, code, str(detail), getattr(exc, "headers", None))
+
+
+async def on_unexpected(_request: Request, exc: Exception) -> Response:
+    log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return error_response(500, ErrorCode.UNAVAILABLE, "internal error")
+
+
 def create_app(settings: Settings) -> GatewayApp:
     settings.require_secret_key()
-    keys = Keys(settings.key_prefix, settings.job_streams)
-    state: dict[str, Gateway] = {}
     sessions = Sessions()
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        factory = RedisFactory(settings, "gateway")
-        # No pool health checks: an idle gateway must send no command at all.
-        client = factory.commands(health_check_s=0)
-        stats = GatewayStats()
-        delivery = create_delivery(settings, factory, client, stats)
-        try:
-            await require_layout(client, keys)
-            store = JobStore(
-                client, keys, result_ttl_s=settings.result_ttl_s, breaker=factory.breaker
-            )
-            health = Health(client)
-            health.extra_checks.append(
-                ("Redis (circuit open)", lambda: not factory.breaker.is_open)
-            )
-            health.extra_checks.append((f"{delivery.mode} delivery", delivery.ready))
-            intake = Intake(settings, store)
-            collector = GatewayCollector(
-                stats,
-                factory,
-                delivery.mode,
-                watch_count=lambda: delivery.watch_count,
-                ready=delivery.ready,
-                paused_count=lambda: delivery.paused_count,
-                catch_up_backlog=lambda: delivery.catch_up_backlog,
-            )
-            state["gateway"] = Gateway(
-                settings,
-                factory,
-                intake,
-                health,
-                delivery,
-                sessions,
-                stats,
-                registry_with(collector),
-            )
-            await delivery.start()
-            log.info("gateway ready (delivery mode %s)", settings.delivery_mode)
-            yield
-        finally:
-            await sessions.close_all(settings.shutdown_grace_s)
-            await delivery.stop()
-            state.clear()
-            await client.aclose()
-
-    def gateway() -> Gateway:
-        return state["gateway"]
-
-    async def post_job(request: Request) -> Response:
-        return await gateway().intake.submit(request)
-
-    async def get_job(request: Request) -> Response:
-        return await gateway().intake.read(request)
-
-    async def healthz(request: Request) -> Response:
-        return await gateway().health.healthz(request)
-
-    async def readyz(request: Request) -> Response:
-        return await gateway().health.readyz(request)
-
-    demo_page = files("service.gateway").joinpath("static/index.html").read_bytes()
-
-    async def index(_request: Request) -> Response:
-        return Response(demo_page, media_type="text/html; charset=utf-8")
-
-    async def metrics(_request: Request) -> Response:
-        return Response(render(gateway().metrics), media_type=CONTENT_TYPE)
-
-    async def on_failure(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPFailure)
-        return error_response(exc.status, exc.code, exc.message)
-
-    async def on_service_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return service_error_response(exc)
-
-    async def on_http_exception(_request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.BAD_REQUEST}
-        detail = getattr(exc, "detail", "") or "error"
-        code = codes.get(status, ErrorCode.BAD_REQUEST)
-        return error_response(status, code, str(detail), getattr(exc, "headers", None))
-
-    async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return error_response(500, ErrorCode.UNAVAILABLE, "internal error")
-
-    from starlette.exceptions import HTTPException
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with running_gateway(settings, sessions) as gateway:
+            app.state.gateway = gateway
+            try:
+                yield
+            finally:
+                del app.state.gateway
 
     http = Starlette(
         routes=[
             Route("/jobs", post_job, methods=["POST"]),
             Route("/jobs/{job}", get_job, methods=["GET"]),
-            Route("/jobs/{job}/events", SseEndpoint(gateway), methods=["GET"]),
+            Route("/jobs/{job}/events", SseEndpoint(), methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -208,4 +160,9 @@ def create_app(settings: Settings) -> GatewayApp:
     )
     # No 307 to the slash-less path: every answer keeps the contract's error shape.
     http.router.redirect_slashes = False
+
+    def gateway() -> Gateway:
+        running: Gateway = http.state.gateway
+        return running
+
     return GatewayApp(http, WebSocketEndpoint(gateway), sessions, gateway)

@@ -16,22 +16,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from service import codec
+from service.config import Settings
 from service.delivery.base import Delivery
 from service.gateway.errors import HTTPFailure
 from service.gateway.http_protocol import RESET_EXTENSION
 from service.gateway.jobs import read_position
 from service.gateway.outbox import Outbox
 from service.gateway.protocol import CloseCode, origin_allowed
+from service.gateway.running import Gateway
 from service.model import ErrorCode, JobStatus
 from service.stats import GatewayStats
-
-if TYPE_CHECKING:
-    from service.config import Settings
-    from service.gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +211,8 @@ async def _disconnect(receive: Receive) -> None:
 class SseEndpoint:
     """`GET /jobs/{job}/events`: checks, then streams until the job ends or the client goes."""
 
-    def __init__(self, gateway: Callable[[], Gateway]) -> None:
-        self._gateway = gateway
-
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        gateway = self._gateway()
+        gateway: Gateway = scope["app"].state.gateway
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         job = scope["path_params"]["job"]
         after_seq = await self._check(gateway, scope, job)

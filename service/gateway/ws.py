@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.config import Settings
 from service.delivery.base import Delivery
 from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
+from service.gateway.running import Gateway
 from service.gateway.watches import Watches
 from service.stats import GatewayStats
-
-if TYPE_CHECKING:
-    from service.gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +42,7 @@ class WebSocketSession:
         "_receive",
         "_send",
         "_settings",
+        "outbox",
         "watches",
     )
 
@@ -66,6 +65,7 @@ class WebSocketSession:
             settings=settings,
             stats=stats,
         )
+        self.outbox = self.watches.outbox  # what waits for this client, and its writer
         self._read_timeout: asyncio.Timeout | None = None
         self._close_deadline = 0.0
         self._loop = asyncio.get_running_loop()
@@ -79,7 +79,7 @@ class WebSocketSession:
 
     @property
     def close_code(self) -> int | None:
-        return self.watches.outbox.close_code
+        return self.outbox.close_code
 
     def close(self, code: CloseCode, reason: str = "") -> None:
         """Queue the close frame behind what is queued; the writer sends it and stops.
@@ -87,7 +87,7 @@ class WebSocketSession:
         The reader is woken so the session ends within `SHUTDOWN_GRACE_S` even when the
         client never reads again.
         """
-        outbox = self.watches.outbox
+        outbox = self.outbox
         if outbox.closing:
             return
         outbox.close(code, reason)
@@ -105,12 +105,12 @@ class WebSocketSession:
             log.exception("a WebSocket session failed; closing it with 1011")
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            await self.watches.outbox.finish(self._close_deadline)
+            await self.outbox.finish(self._close_deadline)
             self.watches.end()
 
     async def _read_loop(self) -> None:
         idle_s = self._settings.idle_timeout_s
-        receive, watches, outbox = self._receive, self.watches, self.watches.outbox
+        receive, watches, outbox = self._receive, self.watches, self.outbox
         read = 0
         while True:
             now = self._loop.time()
