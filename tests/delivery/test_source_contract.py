@@ -1,4 +1,5 @@
-"""One contract, every live source: memory, pubsub and xread behind the same hub.
+"""One contract, every live source: memory, pubsub and xread behind the same hub (and the
+sharded one on a local Redis Cluster: tests/cluster/test_sharded_source_contract.py).
 
 Each source is given the hub and a way to write a job's event the way a worker does (durably,
 and notified); the same tests then hold for all of them.
@@ -7,7 +8,8 @@ and notified); the same tests then hold for all of them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 
 import pytest
 import redis.asyncio as redis
@@ -77,7 +79,8 @@ def redis_rig(
         kind = EventKind.DONE if terminal else EventKind.DATA
         if notify:  # the worker's own script: XADD and PUBLISH, atomically
             keys = [KEYS.events(job), KEYS.meta(job), KEYS.channel(job)]
-            args = [*LIMITS.argv(job, 60_000), seq, kind.value, 1, "{}"]
+            limits = replace(LIMITS, sharded=settings.redis_cluster)  # SPUBLISH on a cluster
+            args = [*limits.argv(job, 60_000), seq, kind.value, 1, "{}"]
             await EMIT(client, keys, args)
         else:  # stored, but the notification is lost
             pipe = client.pipeline(transaction=False)
@@ -92,14 +95,23 @@ async def rig(
     request: pytest.FixtureRequest, settings: Settings, migrated: redis.Redis
 ) -> AsyncIterator[Rig]:
     name = str(request.param)
-    source, reader, write = (
-        memory_rig() if name == "memory" else redis_rig(name, settings, migrated)
-    )
+    parts = memory_rig() if name == "memory" else redis_rig(name, settings, migrated)
+    async with hub_over(name, *parts) as rigged:
+        yield rigged
+
+
+@asynccontextmanager
+async def hub_over(
+    name: str, source: LiveSource, reader: PageReader, write: Write
+) -> AsyncIterator[Rig]:
+    """A started hub over `source`, once the source is ready."""
     hub = Hub(reader, GatewayStats(), source, page_size=100)
     await hub.start()
-    await wait_for(hub.ready, what=f"the {name} source to be ready")
-    yield Rig(hub, write)
-    await hub.stop()
+    try:
+        await wait_for(hub.ready, what=f"the {name} source to be ready")
+        yield Rig(hub, write)
+    finally:
+        await hub.stop()
 
 
 async def test_watchers_at_different_positions_get_each_event_once_in_order(rig: Rig) -> None:
