@@ -73,8 +73,8 @@ async def _watch(args: argparse.Namespace) -> int:
         if failing:  # already said why; the retries themselves are not news
             failing = False
             return
-        said_where = f"after {last_id}" if last_id else "from the first event"
-        print(f"watch: reconnecting in {delay_s:.1f} s, resuming {said_where}", file=sys.stderr)
+        where = f"after {last_id}" if last_id else "from the first event"
+        print(f"watch: reconnecting in {delay_s:.1f} s, resuming {where}", file=sys.stderr)
 
     try:
         async for event in watch(

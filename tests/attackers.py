@@ -121,6 +121,19 @@ def send_repeatedly(
     return sent
 
 
+def send_then_wait_until_dropped(
+    sockets: list[socket.socket], request: bytes, timeout_s: float
+) -> list[float]:
+    """Send `request` on every socket, read nothing, and return how long the gateway took to
+    close each (failing past `timeout_s`); the sockets are closed at the end."""
+    for sock in sockets:
+        sock.sendall(request)
+    dropped = [wait_until_dropped(sock, timeout_s) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return dropped
+
+
 def tcp_state(sock: socket.socket) -> int:
     """The kernel's TCP state of `sock` (1: established; anything else: the peer closed it)."""
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]

@@ -53,6 +53,14 @@ def error_response(status: int, code: str, message: str) -> bytes:
     return head + body
 
 
+def cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel `timer` if there is one; returns None, the value of the attribute that held it
+    (`self._stall = cancelled(self._stall)`)."""
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
 def reset(transport: asyncio.Transport) -> None:
     """Drop a connection at once, with a TCP reset.
 
@@ -111,7 +119,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse_head()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._deadline = cancelled(self._deadline)
         self._head_bytes, self._in_body = 0, True
         # A head that arrived whole in one read: measured as it was parsed.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -128,14 +136,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self.body_timeout_s, "sent no complete request body")
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._deadline = cancelled(self._deadline)
         self._in_body = False
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
         # The connection is the WebSocket protocol's from now on, with its own guards.
-        self._disarm()
-        self._cancel_stall()
+        self._deadline = cancelled(self._deadline)
+        self._stall = cancelled(self._stall)
         super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
@@ -153,7 +161,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         if self.transport.is_closing():
             return
-        self._disarm()
+        self._deadline = cancelled(self._deadline)
         # The URL itself is what is too long (or all there is so far).
         if len(getattr(self, "url", b"")) > MAX_HEAD_BYTES // 2:
             response = error_response(414, "too_large", "the URL is over 64 KiB")
@@ -171,35 +179,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._cancel_stall()
+        self._stall = cancelled(self._stall)
 
     def _stalled(self) -> None:
         self._stall = None
         self._close(f"accepted nothing for {self.stall_timeout_s:g}s")
 
-    def _cancel_stall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-
     # -- closing ----------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._cancel_stall()
-        if self._drop is not None:
-            self._drop.cancel()
-            self._drop = None
+        self._deadline = cancelled(self._deadline)
+        self._stall = cancelled(self._stall)
+        self._drop = cancelled(self._drop)
         super().connection_lost(exc)
 
     def _arm(self, timeout_s: float, what: str) -> None:
-        self._disarm()
+        cancelled(self._deadline)
         self._deadline = self.loop.call_later(timeout_s, self._expired, timeout_s, what)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
 
     def _expired(self, timeout_s: float, what: str) -> None:
         self._deadline = None

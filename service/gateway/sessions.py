@@ -29,10 +29,11 @@ class Sessions:
     def at_capacity(self, limit: int) -> bool:
         """True when one more socket or stream would exceed `limit` (MAX_SOCKETS).
 
-        The connection asking is one of the server's connections already, so it is allowed
-        while there are at most `limit` of them (itself included)."""
+        The connection asking is one of the server's connections already (as is every open
+        session's), so it is allowed while there are at most `limit` of them, itself included.
+        Mounted in an app whose server does not say, the open sessions are what is counted."""
         if self.count_connections is not None:
-            return self.count_connections() > limit or len(self.open) >= limit
+            return self.count_connections() > limit
         return len(self.open) >= limit
 
     def add(self, session: Closable) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
-from service.gateway.http_protocol import reset
+from service.gateway.http_protocol import cancelled, reset
 from service.gateway.protocol import CloseCode
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.disconnected or self.close_sent:
-            self._cancel_unfinished()
+            self._unfinished = cancelled(self._unfinished)
         elif self.frames or (self.handshake_complete and self.conn.reader.buffer):
             if self._unfinished is None:  # the deadline runs from the message's first byte
                 self._unfinished = self.loop.call_later(
                     self.message_timeout_s, self._message_expired
                 )
         else:
-            self._cancel_unfinished()
+            self._unfinished = cancelled(self._unfinished)
 
     def handle_ping(self) -> None:
         pong = self.conn.data_to_send()  # websockets queued the pong already
@@ -101,11 +101,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handle_parser_exception()  # tells the app, sends the close, closes the transport
         self._drop_later(self.grace_s)
 
-    def _cancel_unfinished(self) -> None:
-        if self._unfinished is not None:
-            self._unfinished.cancel()
-            self._unfinished = None
-
     # -- what the client does not read --------------------------------------------------------
 
     def pause_writing(self) -> None:
@@ -115,7 +110,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._cancel_stall()
+        self._stall = cancelled(self._stall)
 
     def _stalled(self) -> None:
         self._stall = None
@@ -130,11 +125,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         else:
             self._fail(CloseCode.TRY_LATER, "accepted nothing for too long: reconnect and resume")
 
-    def _cancel_stall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-
     # -- the end of the socket ----------------------------------------------------------------
 
     async def run_asgi(self) -> None:
@@ -145,11 +135,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._drop_later(0.0 if not self.writable.is_set() else self.grace_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_unfinished()
-        self._cancel_stall()
-        if self._drop is not None:
-            self._drop.cancel()
-            self._drop = None
+        self._unfinished = cancelled(self._unfinished)
+        self._stall = cancelled(self._stall)
+        self._drop = cancelled(self._drop)
         super().connection_lost(exc)
 
     def _drop_later(self, delay_s: float) -> None:

@@ -33,6 +33,7 @@ from tests.attackers import (
     read_close_code,
     read_head,
     send_repeatedly,
+    send_then_wait_until_dropped,
     tcp_state,
     wait_until_dropped,
 )
@@ -179,13 +180,9 @@ async def test_a_response_nobody_reads_is_dropped(tmp_path: Path, path: str) -> 
     ended job was never closed."""
 
     def stuck_reader(port: int, target: str, count: int) -> list[float]:
+        request = f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
         sockets = [raw_socket(port) for _ in range(count)]
-        for sock in sockets:
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        dropped = [wait_until_dropped(sock, STALL_S + 2 * GRACE_S + 10) for sock in sockets]
-        for sock in sockets:
-            sock.close()
-        return dropped
+        return send_then_wait_until_dropped(sockets, request, STALL_S + 2 * GRACE_S + 10)
 
     async with stack(tmp_path) as s:
         job, token = await _large_job(s)
@@ -204,14 +201,9 @@ async def test_a_socket_closed_with_1013_is_dropped_and_counts_until_then(
     left, and no longer counted against MAX_SOCKETS."""
 
     def stuck_watchers(port: int, job: str, token: str, count: int) -> list[float]:
+        watch = frame(f'{{"op":"watch","job":"{job}","token":"{token}"}}'.encode())
         sockets = [open_websocket(port) for _ in range(count)]
-        watch = f'{{"op":"watch","job":"{job}","token":"{token}"}}'.encode()
-        for sock in sockets:
-            sock.sendall(frame(watch))
-        dropped = [wait_until_dropped(sock, STALL_S + 3 * GRACE_S + 10) for sock in sockets]
-        for sock in sockets:
-            sock.close()
-        return dropped
+        return send_then_wait_until_dropped(sockets, watch, STALL_S + 3 * GRACE_S + 10)
 
     async with stack(tmp_path) as s:
         job, token = await _large_job(s)
