@@ -16,8 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -25,7 +23,7 @@ from service.config import Settings
 from service.local_redis import start_redis
 from service.logs import redact
 from service.migrate_cli import run_migrate
-from service.processes import spawn, stop
+from service.processes import SERVICE, spawn, stop, wait_ready
 
 DATA_DIR = Path(".data")
 KEY_FILE = "dev-secret-key"
@@ -66,13 +64,12 @@ def run_dev(*, host: str, port: int, workers: int) -> int:
         code = asyncio.run(run_migrate(Settings.from_env(env)))
         if code:
             return code
-        python = [sys.executable, "-m", "service"]
-        gateway = [*python, "gateway", "--host", host, "--port", str(port), "--no-banner"]
+        gateway = [*SERVICE, "gateway", "--host", host, "--port", str(port), "--no-banner"]
         children.append(spawn(gateway, env))
         for _ in range(workers):
-            children.append(spawn([*python, "worker"], env))
+            children.append(spawn([*SERVICE, "worker"], env))
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-        if not _gateway_answers(host, port, children, lambda: stopping):
+        if not asyncio.run(wait_ready(host, port, children, stopping=lambda: stopping)):
             if stopping:  # Ctrl-C before the gateway answered: a normal stop
                 return 0
             print("dev: the gateway did not start; stopping the stack", file=sys.stderr)
@@ -168,26 +165,3 @@ def _dev_key(path: Path) -> str:
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
     return key
-
-
-def _gateway_answers(
-    host: str,
-    port: int,
-    children: list[subprocess.Popen[bytes]],
-    stopping: Callable[[], bool],
-    timeout_s: float = 60.0,
-) -> bool:
-    """Wait until the gateway answers /readyz (False if a child exits or time runs out)."""
-    address = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stopping():
-        if any(child.poll() is not None for child in children):
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{address}:{port}/readyz", timeout=1) as reply:
-                if reply.status == 200:
-                    return True
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    return False

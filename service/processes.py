@@ -8,14 +8,20 @@ supervisor that is killed outright.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Callable
 
 STOP_TIMEOUT_S = 15.0
 PR_SET_PDEATHSIG = 1
+# `python -m service ...` with this interpreter: how every service process is started.
+SERVICE = [sys.executable, "-m", "service"]
+READYZ_REQUEST = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,3 +65,47 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) ->
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+async def answers_ready(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether a gateway answers `GET /readyz` with 200 now (a plain HTTP/1.1 request: the
+    service's own packages only, so `dev` needs no HTTP client)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(
+                    b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                )
+                status = (await reader.readline()).split()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return len(status) > 1 and status[1] == b"200"
+
+
+async def wait_ready(
+    host: str,
+    port: int,
+    children: list[subprocess.Popen[bytes]],
+    *,
+    timeout_s: float = 60.0,
+    stopping: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Wait until the gateway on `port` is ready; False as soon as one of `children` exits
+    (a gateway that failed at start, or a process it needs), `stopping()` says so, or time
+    runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline and not stopping():
+        if any(child.poll() is not None for child in children):
+            return False
+        if await answers_ready(host, port):
+            return True
+        await asyncio.sleep(0.05)
+    return False

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis.asyncio as redis
 import uvicorn
 
@@ -19,9 +18,9 @@ from service.gateway.server import gateway_server, uvicorn_config
 from service.handlers import BUILTIN_HANDLERS, Handler
 from service.keys import Keys
 from service.migrate import migrate
-from service.processes import stop
+from service.processes import SERVICE, answers_ready, stop
 from service.worker import Worker
-from tests.conftest import PYTHON, ROOT, make_settings, service_env, wait_for
+from tests.conftest import ROOT, make_settings, service_env, wait_for
 from tests.redis_servers import RedisServer, free_port
 
 
@@ -105,7 +104,7 @@ def service_process(url: str, *args: str, **env: str) -> Iterator[subprocess.Pop
     # A file, not a pipe: a pipe nobody reads could fill up and block the child.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [PYTHON, "-m", "service", *args],
+            [*SERVICE, *args],
             env=service_env(url, **env),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -126,11 +125,8 @@ def gateway_process(
 
 
 async def ready(base: str) -> bool:
-    try:
-        async with httpx.AsyncClient(base_url=base) as http:
-            return (await http.get("/readyz")).status_code == 200
-    except httpx.TransportError:
-        return False
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return await answers_ready(host, int(port))
 
 
 class RefuseWebSockets:

@@ -16,7 +16,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from service.client import ClientError, WatchError, socket_url, submit, watch
 from service.config import Settings
 from service.model import is_job_id, new_job_id
-from tests.conftest import PYTHON, ROOT, service_env, wait_for
+from service.processes import SERVICE
+from tests.conftest import ROOT, service_env, wait_for
 from tests.processes import (
     gateway_process,
     ready,
@@ -109,7 +110,7 @@ async def test_the_cli_prints_events_as_json_lines(
 ) -> None:
     async def cli(*args: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "service", *args,
+            *SERVICE, *args,
             env=service_env(redis_server.url), cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -185,7 +186,7 @@ async def test_a_gateway_that_closes_at_once_is_retried_ever_slower() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "service", *args],
+        [*SERVICE, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

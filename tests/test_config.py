@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from service.config import ConfigError, Settings
+from service.processes import SERVICE
 from tests.conftest import PYTHON, ROOT
 
 
@@ -74,7 +75,7 @@ def test_gateway_needs_a_secret_key() -> None:
 
 def test_cli_reports_configuration_errors() -> None:
     result = subprocess.run(
-        [PYTHON, "-m", "service", "worker"],
+        [*SERVICE, "worker"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -147,7 +148,7 @@ def test_bench_without_its_extras_says_what_to_install() -> None:
 def test_bench_says_it_will_flush_the_redis_it_is_given() -> None:
     url = "redis://u:s3cret@127.0.0.1:1/0"
     result = subprocess.run(
-        [PYTHON, "-m", "service", "bench", "--redis-url", url, "--modes", "none"],
+        [*SERVICE, "bench", "--redis-url", url, "--modes", "none"],
         cwd=ROOT,
         capture_output=True,
         text=True,

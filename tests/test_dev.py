@@ -14,6 +14,7 @@ import httpx
 import pytest
 import websockets
 
+from service.processes import SERVICE
 from tests.conftest import PYTHON, ROOT, wait_for
 from tests.redis_servers import free_port
 
@@ -49,7 +50,7 @@ async def test_dev_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "SECRET_KEY"))}
     env["PYTHONPATH"] = str(ROOT)
     process = subprocess.Popen(  # noqa: ASYNC220 - started once, watched by polling HTTP
-        [PYTHON, "-m", "service", "dev", "--port", str(port)],
+        [*SERVICE, "dev", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -139,7 +140,7 @@ def _env() -> dict[str, str]:
 
 def _dev(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [PYTHON, "-m", "service", "dev", "--port", str(port), "--workers", "1"],
+        [*SERVICE, "dev", "--port", str(port), "--workers", "1"],
         cwd=directory,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -180,7 +181,7 @@ def test_dev_twice_is_refused_and_a_restart_keeps_tokens_working(tmp_path: Path)
         ).json()
         # The same data directory: refused before anything starts.
         again = subprocess.run(
-            [PYTHON, "-m", "service", "dev", "--port", str(free_port())],
+            [*SERVICE, "dev", "--port", str(free_port())],
             cwd=tmp_path,
             env=_env(),
             capture_output=True,
@@ -192,7 +193,7 @@ def test_dev_twice_is_refused_and_a_restart_keeps_tokens_working(tmp_path: Path)
         # Another directory, the same port: refused, with what to do.
         (tmp_path / "other").mkdir()
         taken = subprocess.run(
-            [PYTHON, "-m", "service", "dev", "--port", str(port)],
+            [*SERVICE, "dev", "--port", str(port)],
             cwd=tmp_path / "other",
             env=_env(),
             capture_output=True,

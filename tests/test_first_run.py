@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.processes import SERVICE
 from tests.conftest import PYTHON, ROOT, service_env
 from tests.processes import running_stack
 from tests.redis_servers import free_port
@@ -19,7 +20,7 @@ from tests.redis_servers import free_port
 def test_an_unreachable_redis_is_one_clear_line_and_a_failed_exit(command: str) -> None:
     url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
     done = subprocess.run(
-        [PYTHON, "-m", "service", command],
+        [*SERVICE, command],
         cwd=ROOT,
         env=service_env(url),
         capture_output=True,
@@ -38,7 +39,7 @@ def test_an_unreachable_redis_is_one_clear_line_and_a_failed_exit(command: str) 
 @pytest.mark.parametrize("command", ["gateway", "worker"])
 def test_help_shows_the_environment_that_matters(command: str) -> None:
     done = subprocess.run(
-        [PYTHON, "-m", "service", command, "--help"],
+        [*SERVICE, command, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,14 +9,15 @@ from urllib.parse import urlsplit
 from service.healthcheck import main_command
 from service.keys import Keys
 from service.migrate import migrate
-from tests.conftest import PYTHON, ROOT, make_settings, service_env
+from service.processes import SERVICE
+from tests.conftest import ROOT, make_settings, service_env
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer, free_port
 
 
 async def healthcheck(url: str, *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "service", "healthcheck", *args,
+        *SERVICE, "healthcheck", *args,
         env=service_env(url), cwd=ROOT, stdout=subprocess.PIPE,
     )  # fmt: skip
     out, _ = await process.communicate()

@@ -11,7 +11,8 @@ import redis.asyncio as redis
 
 from service.keys import WORKERS_GROUP, Keys
 from service.migrate import MigrationError, expected_layout, migrate, require_layout, status
-from tests.conftest import PYTHON, ROOT, make_settings, service_env
+from service.processes import SERVICE
+from tests.conftest import ROOT, make_settings, service_env
 from tests.processes import running_gateway
 from tests.redis_servers import RedisServer
 
@@ -118,7 +119,7 @@ def test_processes_refuse_to_start_on_an_old_layout(
     redis_server: RedisServer, command: str
 ) -> None:
     result = subprocess.run(
-        [PYTHON, "-m", "service", command],
+        [*SERVICE, command],
         cwd=ROOT,
         env=service_env(redis_server.url),
         capture_output=True,

@@ -15,8 +15,9 @@ from service.config import DELIVERY_MODES
 from service.keys import Keys
 from service.migrate import migrate
 from service.model import RedisUnavailable
+from service.processes import SERVICE
 from service.redis_client import RedisFactory, redis_errors
-from tests.conftest import PYTHON, ROOT, make_settings, service_env, wait_for
+from tests.conftest import ROOT, make_settings, service_env, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer, free_port
 from tests.ws_client import assert_exact, connect, submit
@@ -172,7 +173,7 @@ async def test_tokens_in_urls_are_masked_in_the_gateway_log(
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled over HTTP
-            [PYTHON, "-m", "service", "gateway", "--port", str(port)],
+            [*SERVICE, "gateway", "--port", str(port)],
             env=service_env(redis_server.url),
             cwd=ROOT,
             stdout=log,

@@ -30,7 +30,7 @@ from service.keys import Keys
 from service.local_redis import LocalCluster, start_redis
 from service.migrate import migrate
 from service.model import EventKind
-from service.processes import free_port, spawn, stop
+from service.processes import SERVICE, free_port, spawn, stop, wait_ready
 from service.streams import store_event
 
 KEYS = Keys()
@@ -348,16 +348,7 @@ class Stack:
 
     def _spawn_worker(self, concurrency: int, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
         return spawn(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "worker",
-                "--concurrency",
-                str(concurrency),
-                "--handlers",
-                BENCH_HANDLERS,
-            ],
+            [*SERVICE, "worker", "--concurrency", str(concurrency), "--handlers", BENCH_HANDLERS],
             self.env,
             stdout=subprocess.DEVNULL,
             stderr=log_file,
@@ -454,7 +445,7 @@ def _spawn_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # BENCH_GATEWAY_LOG=path keeps the gateways' log (at BENCH_LOG_LEVEL) for a closer look.
     with open(os.environ.get("BENCH_GATEWAY_LOG") or os.devnull, "ab") as log_file:
         return spawn(
-            [sys.executable, "-m", "service", "gateway", "--port", str(port)],
+            [*SERVICE, "gateway", "--port", str(port)],
             env,
             stdout=subprocess.DEVNULL,
             stderr=log_file,
@@ -462,14 +453,8 @@ def _spawn_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 async def _wait_ready(base: str, gateway: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient(base_url=base) as http:
-        for _ in range(400):
-            if gateway.poll() is not None:
-                raise RuntimeError("the gateway exited at start (run it by hand to see why)")
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the gateway did not become ready")
+    port = int(base.rsplit(":", 1)[1])
+    if not await wait_ready("127.0.0.1", port, [gateway], timeout_s=20):
+        if gateway.poll() is not None:
+            raise RuntimeError("the gateway exited at start (run it by hand to see why)")
+        raise RuntimeError("the gateway did not become ready")

@@ -25,7 +25,6 @@ from typing import Any
 import redis.asyncio as redis
 
 from service.aio import stop_tasks
-from service.backoff import reconnect_delay_s
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
@@ -41,8 +40,12 @@ PSUBSCRIBE = b"psubscribe"
 YIELD_EVERY = 64
 
 
+class SubscriberSilent(ConnectionError):
+    """The subscriber heard nothing, not even its own probe: treated as a lost connection."""
+
+
 class PatternSubscriber:
-    """The one subscriber connection, supervised: it reconnects with capped backoff forever."""
+    """The one subscriber connection; `restart_forever` reconnects it."""
 
     def __init__(
         self,
@@ -69,32 +72,34 @@ class PatternSubscriber:
         self._subscribed_at = 0.0
         self._loop = asyncio.get_running_loop()
 
-    async def supervise(self) -> None:
-        failures = 0
-        while True:
-            self._connected_this_round = False
-            self._listener = asyncio.create_task(self._listen(), name="subscriber")
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # we are being stopped, not just the listener
-                log.warning("subscriber restarted: it received nothing, not even its probe")
-            except Exception as e:
-                log.warning("subscriber connection lost: %s: %s", type(e).__name__, e)
-            self.connected = False
-            if self._connected_this_round and self._loop.time() - self._subscribed_at > 1.0:
-                # A connection that worked was lost (a proxy's timeout, CLIENT KILL, a
-                # failover): its watchers are waiting, so try again at once.
-                failures = 0
-                continue
-            if not self._connected_this_round:
-                # Not even subscribed: no live frame can arrive. Each watch is told once per
-                # outage (the hub keeps count) and goes on by itself once Redis answers.
-                self._sink.report(None, RedisUnavailable(UNAVAILABLE_MESSAGE))
-            failures = 1 if self._connected_this_round else failures + 1
-            await asyncio.sleep(reconnect_delay_s(failures))
+    async def connect_and_listen(self) -> None:
+        """One connection: subscribe, hand frames over until it is lost, then raise (the
+        supervisor reconnects). The watchdog ends one that hears nothing, its probe included."""
+        self._connected_this_round = False
+        self._listener = asyncio.create_task(self._listen(), name="subscriber")
+        try:
+            await self._listener
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being stopped, not just the listener
+            self._not_subscribed()
+            raise SubscriberSilent("it received nothing, not even its probe") from None
+        except Exception:
+            self._not_subscribed()
+            raise
+
+    def _not_subscribed(self) -> None:
+        """Not even subscribed: no live frame can arrive. Each watch is told once per outage
+        (the hub keeps count) and goes on by itself once Redis answers."""
+        if not self._connected_this_round:
+            self._sink.report(None, RedisUnavailable(UNAVAILABLE_MESSAGE))
+
+    def worked(self) -> bool:
+        """Whether the last connection was subscribed for a while before it was lost (a
+        proxy's timeout, CLIENT KILL, a failover): its watchers are waiting, so reconnect at
+        once rather than after a back-off."""
+        return self._connected_this_round and self._loop.time() - self._subscribed_at > 1.0
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
@@ -215,7 +220,11 @@ class PubSubSource:
         self.subscriber = subscriber
         self._tasks = [
             asyncio.create_task(
-                restart_forever("the subscriber", subscriber.supervise),
+                restart_forever(
+                    "the subscriber",
+                    subscriber.connect_and_listen,
+                    worked=subscriber.worked,
+                ),
                 name="subscriber-supervisor",
             ),
             asyncio.create_task(

@@ -37,7 +37,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ResponseError
 
 from service.aio import stop_tasks
-from service.backoff import reconnect_delay_s, retry_delay_s
+from service.backoff import retry_delay_s
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
@@ -69,10 +69,13 @@ class Shard:
         self.connected = False
         self.identity: Identity | None = None  # of the node, read at each connect
         self._task: asyncio.Task[None] | None = None
+        self._served = False  # whether the current attempt connected
 
     def start(self) -> None:
         self._task = asyncio.create_task(
-            restart_forever(f"the subscriber of shard {self.name}", self._run),
+            restart_forever(
+                f"the subscriber of shard {self.name}", self._connect_and_serve, worked=self._worked
+            ),
             name=f"shard-{self.name}",
         )
 
@@ -102,25 +105,27 @@ class Shard:
             self._wake.set()
         # Not connected: the next connection subscribes to `channels` as a whole.
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            connection = self._source.connection(self._host, self._port)
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-                failures = 0
-                await self._serve(connection)
-            except (OSError, redis.ConnectionError, redis.TimeoutError) as e:
-                failures += 1
-                log.warning("shard %s subscriber lost: %s: %s", self.name, type(e).__name__, e)
-            finally:
-                self.connected = False
-                self._confirmed.clear()
-                with contextlib.suppress(Exception):
-                    await connection.disconnect()
+    async def _connect_and_serve(self) -> None:
+        """One connection to the node: subscribe, serve until it is lost, then raise (the
+        supervisor reconnects)."""
+        self._served = False
+        connection = self._source.connection(self._host, self._port)
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+            self._served = True
+            await self._serve(connection)
+        except Exception:
             # The node may be gone for good (a failover): find where its channels live now.
             self._source.topology_changed()
-            await asyncio.sleep(reconnect_delay_s(failures))
+            raise
+        finally:
+            self.connected = False
+            self._confirmed.clear()
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+
+    def _worked(self) -> bool:
+        return self._served
 
     async def _serve(self, connection: redis.Connection) -> None:
         self._outgoing.clear()

@@ -24,18 +24,16 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.aio import stop_tasks
-from service.backoff import reconnect_delay_s
 from service.codec import ENTRY_FIELD
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
-from service.model import RedisAtCapacity, stream_id
+from service.model import RedisAtCapacity, ServiceError, stream_id
 from service.redis_client import (
     BLOCK_MARGIN_S,
     CAPACITY_MESSAGE,
     RedisFactory,
-    map_redis_error,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,9 @@ class XreadSource:
         self._sink: LiveSink | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._cursors: dict[str, int] = {}
-        self._crashed: set[str] = set()  # jobs whose loop is backing off after a failure
+        self._crashed: set[str] = set()  # jobs whose loop is backing off after a bug
+        self._lost: set[str] = set()  # jobs whose loop lost Redis and has not read since
+        self._reading: set[str] = set()  # jobs whose loop has read on its current connection
         self._stopping: set[asyncio.Task[None]] = set()
         self._node_readers = 0  # on a cluster: connections the loops hold now
 
@@ -86,9 +86,11 @@ class XreadSource:
         self._loops[job] = asyncio.create_task(
             restart_forever(
                 f"the XREAD loop of job {job}",
-                lambda: self._read_loop(job),
+                lambda: self._follow_once(job),
+                on_lost=lambda error: self._lost_redis(job, error),
                 on_crash=lambda _e: self._crashed_loop(job),
                 on_restart=lambda: self._restarted(job),
+                worked=lambda: job in self._reading,
             ),
             name=f"xread-{job}",
         )
@@ -102,6 +104,13 @@ class XreadSource:
             task.add_done_callback(self._stopping.discard)
         self._cursors.pop(job, None)
         self._crashed.discard(job)
+        self._lost.discard(job)
+        self._reading.discard(job)
+
+    def _lost_redis(self, job: str, error: ServiceError) -> None:
+        if job in self._loops and self._sink is not None:
+            self._lost.add(job)
+            self._sink.report([job], error)
 
     def _crashed_loop(self, job: str) -> None:
         if job in self._loops:  # a loop that outlived its unfollow is not a job's outage
@@ -114,9 +123,10 @@ class XreadSource:
             raise asyncio.CancelledError
 
     def _restarted(self, job: str) -> None:
-        self._crashed.discard(job)
-        if self._sink is not None:
-            self._sink.missed([job], CatchUpCause.RESTART)
+        if job in self._crashed:
+            self._crashed.discard(job)
+            if self._sink is not None:
+                self._sink.missed([job], CatchUpCause.RESTART)
 
     async def _reader_of(self, key: str) -> tuple[redis.Redis, bool]:
         """The client to read `key` with, and whether it is this loop's own (to close)."""
@@ -133,59 +143,35 @@ class XreadSource:
         self._node_readers += 1
         return self._factory.node(node.host, int(node.port), socket_timeout=timeout_s), True
 
-    async def _read_loop(self, job: str) -> None:
+    async def _follow_once(self, job: str) -> None:
+        """Read the job's stream until the connection fails (raised to the supervisor)."""
+        self._still_followed(job)
+        self._reading.discard(job)
         key = self._keys.events(job)
-        failures = 0
-        while True:
-            self._still_followed(job)
-            if self._cluster is not None and failures:
-                # Where does the job live now? (If the cluster cannot say yet, the next read
-                # fails and reports it, and this is tried again after a back-off.)
-                with contextlib.suppress(Exception):
-                    await self._cluster.nodes_manager.initialize()
-            try:
-                reader, own = await self._reader_of(key)
-            except Exception as e:
-                error = map_redis_error(e)
-                if error is None or self._sink is None:
-                    raise
-                failures += 1
-                self._sink.report([job], error)
-                await asyncio.sleep(reconnect_delay_s(failures))
-                continue
-            try:
-                failures = await self._read(job, key, reader, failures)
-            finally:
-                if own:
-                    self._node_readers -= 1
-                    await reader.aclose()
+        if self._cluster is not None and job in self._lost:
+            # Where does the job live now? (If the cluster cannot say yet, the read fails and
+            # reports it, and this is tried again after a back-off.)
+            with contextlib.suppress(Exception):
+                await self._cluster.nodes_manager.initialize()
+        reader, own = await self._reader_of(key)
+        try:
+            await self._read(job, key, reader)
+        finally:
+            if own:
+                self._node_readers -= 1
+                await reader.aclose()
 
-    async def _read(self, job: str, key: str, reader: redis.Redis, failures: int) -> int:
-        """Read until cancelled; on a cluster, return after a failure (to find the node)."""
+    async def _read(self, job: str, key: str, reader: redis.Redis) -> None:
         sink = self._sink
         assert sink is not None, "started before reading"
         block_ms, count = self._settings.xread_block_ms, self._settings.xread_count
         while True:
             self._still_followed(job)
-            try:
-                reply: Any = await reader.xread(
-                    {key: stream_id(self._cursors[job])}, count, block_ms
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                error = map_redis_error(e)
-                if error is None:
-                    raise  # not Redis trouble: the supervisor logs it and restarts the loop
-                failures += 1
-                sink.report([job], error)
-                await asyncio.sleep(reconnect_delay_s(failures))
-                if self._cluster is not None:
-                    return failures  # the job may live elsewhere now
-                continue
+            reply: Any = await reader.xread({key: stream_id(self._cursors[job])}, count, block_ms)
             self._still_followed(job)
-            if failures:
-                failures = 0
+            self._reading.add(job)
+            if job in self._lost:
+                self._lost.discard(job)
                 sink.missed([job], CatchUpCause.RECONNECT)
             for _, entries in reply or ():
                 largest = 0

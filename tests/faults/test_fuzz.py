@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import PYTHON, ROOT, service_env
+from service.processes import SERVICE
+from tests.conftest import ROOT, service_env
 from tests.redis_servers import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     server = RedisServer(tmp / "redis")
     server.start()
     subprocess.run(
-        [PYTHON, "-m", "service", "migrate"],
+        [*SERVICE, "migrate"],
         env=service_env(server.url),
         cwd=ROOT,
         check=True,
@@ -78,7 +79,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log = tmp / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [PYTHON, "-m", "service", "gateway", "--port", str(port)],
+            [*SERVICE, "gateway", "--port", str(port)],
             env=service_env(server.url, MAX_BAD_FRAMES_PER_MIN="1000000"),
             cwd=ROOT,
             stdout=out,
