@@ -1,4 +1,11 @@
-"""A Redis Cluster client whose commands wait for a free connection instead of failing.
+"""Redis Cluster clients that survive the loss of any node, and wait for a free connection.
+
+redis-py finds the slot of a command with "movable" keys (XREAD, XREADGROUP) by asking one
+node (`COMMAND GETKEYS`), before and outside the retry that follows topology changes. When
+that node is the one that died (at first, the node `REDIS_URL` names), every such command
+fails for good: a worker never took another job. `ClusterClient` reads the keys of the
+stream reads itself, and has the topology re-read when the node it asks for other commands'
+keys does not answer.
 
 redis-py 8.1's asyncio `RedisCluster` refuses a command at once when every connection to its
 node is busy (`MaxConnectionsError`), unlike the single-server `BlockingConnectionPool`. Worse,
@@ -22,11 +29,45 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _holding_turn: ContextVar[bool] = ContextVar("holding_turn", default=False)
+STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
 
 
-class WaitingCluster(redis.RedisCluster):
+def stream_read_keys(command: str, args: tuple[Any, ...]) -> list[Any] | None:
+    """The keys of an XREAD or XREADGROUP (the first half of what follows STREAMS); None for
+    any other command."""
+    if command.upper() not in STREAM_READS:
+        return None
+    for index, arg in enumerate(args):
+        if (arg.decode() if isinstance(arg, bytes) else str(arg)).upper() == "STREAMS":
+            rest = args[index + 1 :]
+            return list(rest[: len(rest) // 2])
+    return []
+
+
+class ClusterClient(redis.RedisCluster):
+    """redis-py's cluster client, without a node whose loss stops commands for good."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        keys = stream_read_keys(command, args)
+        if keys is not None:
+            slots = {self.keyslot(key) for key in keys}
+            if len(slots) != 1:
+                raise RedisClusterException(f"{command}: the streams must share one slot")
+            return slots.pop()
+        try:
+            return await super()._determine_slot(command, *args)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            # The node asked for the command's keys did not answer: the next command re-reads
+            # the topology from every node seen, which points the question at a live one.
+            self._request_refresh(last_failed_node_name=self.commands_parser.node.name)
+            raise
+
+
+class WaitingCluster(ClusterClient):
     def __init__(self, *, turn_timeout_s: float | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._turns = asyncio.Semaphore(int(kwargs.get("max_connections", 1)))

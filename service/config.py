@@ -60,6 +60,18 @@ def _redis_url(text: str) -> str:
     return value
 
 
+def _addresses(text: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (an IPv6 host in brackets: `[::1]:7000`)."""
+    found = []
+    for part in _list(text):
+        host, colon, port = part.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("a list of host:port")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def _env(name: str, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
     return field(metadata={"env": name, "parse": parse}, repr=not secret)
 
@@ -72,6 +84,8 @@ class Settings:
     delivery_mode: DeliveryMode = _env("DELIVERY_MODE", _mode)
     # REDIS_URL names one node of a Redis Cluster; every process discovers the rest.
     redis_cluster: bool = _env("REDIS_CLUSTER", _bool)
+    # More nodes of that cluster to start from when the REDIS_URL one does not answer.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = _env("REDIS_CLUSTER_NODES", _addresses)
     # Job intake is spread over this many streams, each with its own hash tag (shard).
     job_streams: int = _env("JOB_STREAMS", _int)
     secret_key: str = _env("SECRET_KEY", str, secret=True)
@@ -228,7 +242,7 @@ class Settings:
 
 def _expected(annotation: Any, error: ValueError) -> str:
     hint = str(error)
-    if hint.startswith(("one of", "a URL", "true or false")):
+    if hint.startswith(("one of", "a URL", "true or false", "a list of")):
         return hint
     names = {"int": "an integer", "float": "a number"}
     return names.get(str(annotation), "a valid value")
@@ -238,6 +252,7 @@ DEFAULTS: dict[str, Any] = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "delivery_mode": "pubsub",
     "redis_cluster": False,
+    "redis_cluster_nodes": (),
     "job_streams": 1,
     "secret_key": "",
     "secret_key_fallbacks": (),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.backoff import retry_delay_s
 from service.breaker import BreakerState, CircuitBreaker
-from service.cluster_client import WaitingCluster
+from service.cluster_client import ClusterClient, WaitingCluster
 from service.config import Settings
 from service.model import RedisAtCapacity, RedisBusy, RedisUnavailable, ServiceError
 from service.server_identity import ServerIdentity, info_field
@@ -187,7 +188,8 @@ class RedisFactory:
     def cluster(
         self, *, socket_timeout: float | None, max_connections: int, wait: bool = True
     ) -> redis.Redis:
-        """A Redis Cluster client (`REDIS_CLUSTER=true`), from any one node's URL.
+        """A Redis Cluster client (`REDIS_CLUSTER=true`), from any one node's URL and the
+        seeds in `REDIS_CLUSTER_NODES`; it rediscovers the cluster from every node it has seen.
 
         redis-py's `RedisCluster` speaks the same command API as `Redis` and routes each
         command to the primary of its key's slot; it is typed as `Redis` so callers keep one
@@ -198,9 +200,11 @@ class RedisFactory:
         ssl = options.pop("connection_class", None) is redis.SSLConnection
         options.pop("db", None)  # a cluster has only database 0
         waiting: dict[str, Any] = {"turn_timeout_s": self.settings.redis_socket_timeout_s}
-        cluster = (WaitingCluster if wait else redis.RedisCluster)(
+        seeds = [ClusterNode(host, port) for host, port in self.settings.redis_cluster_nodes]
+        cluster = (WaitingCluster if wait else ClusterClient)(
             **(waiting if wait else {}),
             **options,
+            startup_nodes=seeds or None,
             ssl=ssl,
             protocol=2,
             socket_timeout=socket_timeout,

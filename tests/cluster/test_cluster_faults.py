@@ -213,3 +213,49 @@ async def test_job_intake_spread_over_streams_on_several_shards(cluster: LocalCl
         async with connect(base) as ws:
             got = await (await ws.watch_all(jobs, timeout_s=60))
     assert [exactly_once_or_gone(got[j], j, 20) for j, _ in jobs] == ["done"] * 9
+
+
+async def test_the_node_redis_url_names_killed_under_load(cluster: LocalCluster) -> None:
+    """The processes were started from one node (REDIS_URL). SIGKILL it (a primary; its
+    replica takes over) while jobs run: the gateway and the worker rediscover the cluster from
+    the other nodes they have seen, every job queued before and after finishes, and new
+    submissions are accepted."""
+    client: Any = cluster.client()
+    try:
+        await client.initialize()
+        intake = primary_of(cluster, client, KEYS.jobs)
+        named = next(n for n in cluster.primaries() if n is not intake)
+        await migrate(client, KEYS, report=lambda _: None)
+        settings = make_settings(named.url, redis_cluster=True)
+        async with (
+            running_worker(settings, concurrency=8),
+            running_gateway(settings) as base,
+        ):
+            before = [await submit(base, "count", {"n": 20, "interval_ms": 50}) for _ in range(12)]
+            await wait_for(lambda: _has_events(client, before[0][0]), what="first events")
+            named.kill()
+            await asyncio.to_thread(cluster.wait_until_healthy)
+
+            async def submitted() -> bool:
+                try:
+                    after.append(await submit(base, "count", {"n": 20}))
+                except AssertionError:
+                    return False  # refused while the cluster settles (503): try again
+                return len(after) == 8
+
+            after: list[tuple[str, str]] = []
+            await wait_for(submitted, timeout_s=60, what="submissions accepted again")
+            for job, _ in before + after:
+                await wait_for(
+                    lambda job=job: _ended(client, job), timeout_s=90, what=f"job {job} to end"
+                )
+    finally:
+        await client.aclose()
+
+
+async def _ended(client: Any, job: str) -> bool:
+    try:
+        status = await client.hget(KEYS.meta(job), "status")
+    except Exception:
+        return False  # the cluster is still settling
+    return status in (b"done", b"failed")
