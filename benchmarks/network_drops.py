@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress("drops")
     extra = {"MAX_SOCKETS": str(args.clients * 2 + 100)}
     async with private_redis(None) as url, running_stack(url, args.mode, extra) as stack:
-        proxy = CuttingProxy(int(stack.base.rsplit(":", 1)[1]), args.cut_every_s)
+        proxy = CuttingProxy([int(stack.base.rsplit(":", 1)[1])], args.cut_every_s)
         proxied = await proxy.start()
         with stack.worker(concurrency=args.clients + 16):
             await stack.kind_registered("tick")

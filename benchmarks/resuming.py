@@ -1,11 +1,14 @@
-"""A client that resumes, for the drop and avalanche benchmarks: thousands in one process.
+"""A client that resumes, for the drop, avalanche and chaos benchmarks: thousands in one
+process.
 
 Each `ResumingWatch` watches one job the way the shipped Python client (`service.client`)
-does: when its socket drops it reconnects after the same jittered back-off
-(`service.client.reconnect_delay_s`, reset once the gateway answers) and watches again with `after`
-set to the last id it received. Unlike the shipped client it does not drop repeats: it
-counts them, since a repeat is the service's fault. It rides on the lean load client
-(`service.bench.wsload`), so the client does not become the bottleneck being measured.
+does: when its connection drops it reconnects after the same jittered back-off
+(`service.client.reconnect_delay_s`, reset once the gateway answers) and watches again with
+`after` set to the last id it received, over a WebSocket or an event stream (SSE). Unlike the
+shipped client it does not drop repeats: it counts them, since a repeat is the service's
+fault. It rides on the lean load clients (`service.bench.wsload`, `sseload`), so the client
+does not become the bottleneck being measured; `read_delay_s` makes it a slow reader (it
+stops reading for that long after each event).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from service.bench.sseload import SseProtocol
 from service.bench.wsload import Received, WsProtocol
 from service.client import TERMINAL_EVENTS, reconnect_delay_s
+
+GONE = b'"code":"gone"'
 
 
 @dataclass
@@ -52,15 +58,58 @@ class _Socket(WsProtocol):
         self._watch = watch
 
     def _handle(self, payload: bytes) -> None:
-        if payload.startswith(b'{"seq":'):
-            self._watch.event(orjson.loads(payload))
+        _hand_over(self, self._watch, payload)
+
+
+class _Stream(SseProtocol):
+    """One event stream of a watch (`GET /jobs/{job}/events?after=`)."""
+
+    def __init__(self, host: str, watch: ResumingWatch) -> None:
+        self.received = Received()
+        after = f"&after={watch.last_id}" if watch.last_id else ""
+        path = f"/jobs/{watch.job}/events?token={watch.token}{after}"
+        super().__init__(host, path, self.received, keep_seqs=False)
+        self._watch = watch
+
+    def _handle(self, payload: bytes) -> None:
+        _hand_over(self, self._watch, payload)
+
+
+def _hand_over(connection: WsProtocol, watch: ResumingWatch, payload: bytes) -> None:
+    if payload.startswith(b'{"seq":'):
+        watch.event(orjson.loads(payload))
+        if watch.read_delay_s and connection.transport is not None and not watch.finished:
+            transport = connection.transport
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(watch.read_delay_s, _resume, transport)
+    elif GONE in payload:
+        watch.gone += 1
+
+
+def _resume(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
 
 
 class ResumingWatch:
     def __init__(
-        self, url: str, job: str, token: str, *, tally: Tally, max_backoff_s: float = 10.0
+        self,
+        url: str,
+        job: str,
+        token: str,
+        *,
+        tally: Tally,
+        max_backoff_s: float = 10.0,
+        transport: str = "ws",
+        read_delay_s: float = 0.0,
+        keep_arrivals: bool = False,
     ) -> None:
         parts = urlsplit(url)
+        self.transport = transport
+        self.read_delay_s = read_delay_s
+        self.gone = 0  # `gone` errors received
+        # When each event arrived (time.monotonic()), for the chaos benchmark's recovery times.
+        self.arrivals: list[float] | None = [] if keep_arrivals else None
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.job, self.token = job, token
         self.tally = tally
@@ -74,7 +123,7 @@ class ResumingWatch:
         self.resumes: list[Resume] = []
         self.live = asyncio.Event()  # set by each event; the benchmarks clear it to wait
         self._attempt = 0
-        self._socket: _Socket | None = None
+        self._socket: _Socket | _Stream | None = None
         self.opened_at = 0.0  # time.monotonic() the current connection opened
         self.mark = float("inf")  # see `back_at`
         self.back_at: float | None = None  # the first event on a connection opened after mark
@@ -88,6 +137,8 @@ class ResumingWatch:
         seq = frame["seq"]
         assert isinstance(seq, int)
         self.seqs.append(seq)
+        if self.arrivals is not None:
+            self.arrivals.append(now)
         if seq <= self.last_seq:
             self.duplicates += 1
             return
@@ -115,7 +166,10 @@ class ResumingWatch:
         `deadline` (time.monotonic())."""
         loop = asyncio.get_running_loop()
         while not self.finished and time.monotonic() < deadline:
-            socket = self._socket = _Socket(f"{self.host}:{self.port}", self)
+            address = f"{self.host}:{self.port}"
+            socket = self._socket = (
+                _Socket(address, self) if self.transport == "ws" else _Stream(address, self)
+            )
             try:
                 await loop.create_connection(socket.itself, self.host, self.port)
                 await socket.open
@@ -129,9 +183,10 @@ class ResumingWatch:
             if self.resumes and not self.resumes[-1].watched_at:
                 self.resumes[-1].watched_at = time.monotonic()
                 self.resumes[-1].watched_wall_ns = time.time_ns()
-            socket.send(
-                {"op": "watch", "job": self.job, "token": self.token, "after": self.last_id}
-            )
+            if self.transport == "ws":
+                socket.send(
+                    {"op": "watch", "job": self.job, "token": self.token, "after": self.last_id}
+                )
             await socket.closed
             for code in socket.received.close_codes:
                 self.tally.close_codes[code] = self.tally.close_codes.get(code, 0) + 1

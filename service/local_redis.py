@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import redis.asyncio as redis
 
@@ -51,6 +52,15 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *, die_with_parent: bool = False) -> None:
+        self.launch(die_with_parent=die_with_parent)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.answers():
+            if time.monotonic() > deadline:
+                self.failed_to_start()
+            time.sleep(0.02)
+
+    def launch(self, *, die_with_parent: bool = False) -> None:
+        """Start the process without waiting for it to answer (`answers` says when)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -77,18 +87,17 @@ class RedisServer:
             die_with_parent=die_with_parent,
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers_ping(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (
-                    (self.data_dir / "redis.log").read_text()
-                    if (self.data_dir / "redis.log").exists()
-                    else ""
-                )
-                raise RuntimeError(
-                    f"redis-server on port {self.port} did not start:\n{log[-2000:]}"
-                )
-            time.sleep(0.02)
+
+    def answers(self) -> bool:
+        """Whether it answers PING now; raises (with its log) if it has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            self.failed_to_start()
+        return _answers_ping(self.port)
+
+    def failed_to_start(self) -> NoReturn:
+        path = self.data_dir / "redis.log"
+        log = path.read_text() if path.exists() else ""
+        raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log[-2000:]}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -237,3 +246,27 @@ class LocalCluster:
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster.from_url(self.url, protocol=2)
+
+
+def node_id(port: int) -> str:
+    return cli(port, "cluster", "myid", check=True)
+
+
+def migrate_slot(slot: int, source: RedisServer, target: RedisServer) -> int:
+    """Move one slot and its keys from `source` to `target` the way `redis-cli --cluster
+    reshard` does (IMPORTING, MIGRATING, MIGRATE of every key, then NODE); returns the keys
+    moved. Blocking: run it in a thread from async code."""
+    source_id, target_id = node_id(source.port), node_id(target.port)
+    cli(target.port, "cluster", "setslot", str(slot), "importing", source_id, check=True)
+    cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id, check=True)
+    moved = 0
+    while True:
+        keys = cli(source.port, "cluster", "getkeysinslot", str(slot), "100", check=True).split()
+        if not keys:
+            break
+        target_address = ("127.0.0.1", str(target.port), "", "0", "5000")
+        cli(source.port, "migrate", *target_address, "keys", *keys, check=True)
+        moved += len(keys)
+    for node in (target, source):
+        cli(node.port, "cluster", "setslot", str(slot), "node", target_id, check=True)
+    return moved

@@ -415,16 +415,16 @@ async def running_stack(
         else:
             await client.flushall()
         await migrate(client, keys, report=lambda _line: None)
-        env = dict(
-            os.environ,
-            REDIS_URL=redis_url,
-            REDIS_CLUSTER="true" if cluster else "false",
-            JOB_STREAMS=str(job_streams),
-            SECRET_KEY=secrets.token_hex(16),
-            DELIVERY_MODE=mode,
-            LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "REDIS_CLUSTER": "true" if cluster else "false",
+            "JOB_STREAMS": str(job_streams),
+            "SECRET_KEY": secrets.token_hex(16),
+            "DELIVERY_MODE": mode,
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             **(extra_env or {}),
-        )
+        }
         stack = Stack([], redis_url, client, env, [], cluster)
         try:
             for _ in range(gateways):
