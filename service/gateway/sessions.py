@@ -37,7 +37,11 @@ class Sessions:
         return len(self.open) >= limit
 
     def add(self, session: Closable) -> None:
+        """Register a session; one that arrives once shutdown began (its checks awaited Redis
+        while `close_all` ran) is told at once, or it would outlive the grace period."""
         self.open.add(session)
+        if self.shutting_down:
+            session.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def remove(self, session: Closable) -> None:
         self.open.discard(session)

@@ -170,9 +170,7 @@ class WebSocketEndpoint:
                 "refusing a WebSocket: %d connections open, the limit", settings.max_sockets
             )
             session.close(CloseCode.TRY_LATER, "server at capacity, retry later")
-        elif sessions.shutting_down:
-            session.close(CloseCode.GOING_AWAY, "server shutting down")
-        sessions.add(session)
+        sessions.add(session)  # closed with 1001 if shutdown began
         stats.sockets_open += 1
         stats.sockets_total += 1
         try:
