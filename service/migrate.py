@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from service.keys import WORKERS_GROUP, Keys
 from service.lease import Lease
+from service.redis_client import wait_until_loaded
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ async def applied_versions(client: redis.Redis, keys: Keys) -> set[int]:
 
 
 async def require_layout(client: redis.Redis, keys: Keys, directory: Path | None = None) -> None:
-    """Refuse to run against a Redis whose layout is older than this code expects."""
+    """Refuse to run against a Redis whose layout is older than this code expects (after
+    waiting, bounded, for a Redis that is loading its data after a restart)."""
+    await wait_until_loaded(client, keys.layout, "checking the Redis layout")
     expected = expected_layout(directory)
     raw = await client.get(keys.layout)
     current = int(raw) if raw else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from service.config import Settings
 from service.keys import Keys
 from service.migrate import migrate, status
-from service.redis_client import RedisFactory, redis_errors
+from service.redis_client import RedisFactory, redis_errors, wait_until_loaded
 
 
 async def run_migrate(
@@ -15,6 +15,7 @@ async def run_migrate(
     client = RedisFactory(settings, "migrate").commands()
     try:
         with redis_errors("migrate"):
+            await wait_until_loaded(client, keys.layout, "migrate")
             if status_only:
                 for migration, applied in await status(client, keys):
                     mark = "applied" if applied else "pending"

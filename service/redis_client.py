@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     ClusterDownError,
     ClusterError,
     MovedError,
@@ -368,6 +369,33 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, RedisConnectionError | RedisTimeoutError | OSError) or (
         isinstance(error, ResponseError) and str(error).startswith(("LOADING", "TRYAGAIN"))
     )
+
+
+# Redis answers LOADING while it reads its data back after a restart (seconds for gigabytes):
+# not an outage to give up on at start.
+LOADING_WAIT_S = 120.0
+
+
+async def wait_until_loaded(
+    client: redis.Redis, key: str, what: str, limit_s: float = LOADING_WAIT_S
+) -> None:
+    """Return once Redis serves commands (an EXISTS of `key`, one this process may read);
+    while it is loading its data set, wait (up to `limit_s`, saying so once). Any other
+    failure is raised at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    attempt = 0
+    while True:
+        try:
+            await client.exists(key)
+            return
+        except BusyLoadingError:
+            if loop.time() > deadline:
+                raise
+            attempt += 1
+            if attempt == 1:
+                log.warning("%s: Redis is loading its data; waiting up to %gs", what, limit_s)
+            await asyncio.sleep(retry_delay_s(attempt, base_s=0.1, cap_s=1.0))
 
 
 async def retrying(

@@ -16,7 +16,7 @@ import redis.asyncio as redis
 
 from service.config import DELIVERY_MODES, Settings
 from service.keys import Keys
-from service.migrate import migrate
+from service.migrate import migrate, require_layout
 from tests.conftest import make_settings, wait_for
 from tests.processes import running_gateway, running_worker
 from tests.redis_servers import RedisServer
@@ -140,3 +140,42 @@ async def _flowing(stack: Stack, job: str) -> bool:
 async def _not_ready(base: str) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         return (await http.get("/readyz")).status_code == 503
+
+
+async def test_a_process_started_while_redis_loads_its_data_waits_for_it(tmp_path: Path) -> None:
+    """After a restart Redis answers LOADING until its data set is read back (seconds for
+    gigabytes). A gateway, worker or migrate started then used to exit with "cannot reach
+    Redis"; the layout check now waits for the load to end."""
+    server = RedisServer(
+        tmp_path / "redis",
+        args=("--enable-debug-command", "local", "--loading-process-events-interval-bytes", "1024"),
+    )
+    server.start()
+    client = server.client()
+    try:
+        await migrate(client, KEYS, report=lambda _: None)
+        # Enough data that loading it takes about a second or two.
+        await client.execute_command("DEBUG", "POPULATE", 3_000_000, "filler", 64)
+        await client.save()
+    finally:
+        await client.aclose()
+    server.stop()
+    server.launch()
+    client = server.client()
+    try:
+
+        async def loading() -> bool:
+            try:
+                await client.exists(KEYS.layout)
+            except redis.BusyLoadingError:
+                return True
+            except redis.ConnectionError:
+                return False  # not listening yet
+            raise AssertionError("Redis had finished loading before the check began")
+
+        await wait_for(loading, timeout_s=30, what="Redis to answer LOADING")
+        await require_layout(client, KEYS)  # waits, then finds the layout
+        assert await client.dbsize() > 3_000_000
+    finally:
+        await client.aclose()
+        server.stop()
