@@ -48,7 +48,7 @@ from service.publisher import (
     emit_limits,
     now_ms,
 )
-from service.redis_client import RedisFactory, is_transient, redis_errors, retrying
+from service.redis_client import RedisFactory, is_transient, map_redis_error, redis_errors, retrying
 from service.scripts import START_JOB
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,20 @@ class Worker:
             raise
         except Exception as e:
             # The job stays pending and another worker (or this one) will claim it later.
-            log.error(
-                "job %s could not be completed here: %s: %s", running.job, type(e).__name__, e
-            )
+            if map_redis_error(e) is not None:  # Redis out of reach: an outage, not a bug
+                log.warning(
+                    "job %s could not be completed here (Redis: %s); it stays pending and "
+                    "will be claimed again",
+                    running.job,
+                    e,
+                )
+            else:
+                log.error(
+                    "job %s could not be completed here: %s: %s",
+                    running.job,
+                    type(e).__name__,
+                    e,
+                )
         finally:
             self.running.pop((running.stream, running.entry_id), None)
             self._slot_free.set()
