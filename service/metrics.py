@@ -6,6 +6,7 @@ registry (no global state), so tests and several apps in one process do not mix 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,14 @@ def redis_families(
         "Times the Redis circuit opened",
         value=factory.breaker.opened,
     )
+
+
+def _tasks_alive() -> int:
+    """Tasks of this thread's running event loop (0 when scraped from elsewhere)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
 
 
 @dataclass(eq=False)
@@ -87,6 +96,12 @@ class GatewayCollector(Collector):
             "resultcast_delivery_ready",
             "1 while events can be delivered live",
             1 if self.ready() else 0,
+        )
+        yield gauge(
+            "resultcast_asyncio_tasks",
+            "Tasks alive in the gateway's event loop (one or two per open connection): a count "
+            "that grows while connections do not is a leak",
+            _tasks_alive(),
         )
         yield counter("resultcast_sockets", "WebSocket connections accepted", s.sockets_total)
         open_streams = GaugeMetricFamily(

@@ -59,6 +59,7 @@ async def test_gateway_metrics_cost_no_redis_command(
     # One send in eight is timed: the watching frame and 21 events are 22 sends.
     assert found[("resultcast_delivery_latency_seconds_count", mode)] == 2
     assert found[("resultcast_delivery_ready", mode)] == 1
+    assert found[("resultcast_asyncio_tasks", mode)] >= 2  # at least the socket and the hub
     assert found[("resultcast_redis_commands_total", (("command", "EVALSHA"),))] >= 1
     gateway_pubsub = (("purpose", "subscriber"), ("role", "gateway"))
     assert found[("resultcast_redis_connections", gateway_pubsub)] == 1
