@@ -98,7 +98,12 @@ CHAOS_ENV = {
     "SHUTDOWN_GRACE_S": "2",
 }
 # ERROR lines a fault explains: a pattern of the line's message, and the fault kinds.
-EXPLAINED: dict[str, tuple[str, ...]] = {}
+EXPLAINED: dict[str, tuple[str, ...]] = {
+    # Redis down (a restart reloading a large append-only file) for longer than the
+    # producer's lease (10 s): the lease lapsed, so the writer stops and the job is opened
+    # again, going on after what was written.
+    r"this writer's lease was lost": ("redis_restart", "redis_freeze"),
+}
 LOG_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$")
 
 
@@ -163,6 +168,7 @@ class Run:
     busy: set[str] = field(default_factory=set)  # targets a fault is acting on now
     producer_plans: Path = Path()
     tally: Tally = field(default_factory=Tally)
+    start_failures: int = 0  # gateway starts that failed (and were tried again)
 
     # -- processes --------------------------------------------------------------------------
 
@@ -251,9 +257,22 @@ async def gateway_down(run: Run, fault: Fault, happened: Happened) -> None:
         await ended(gateway)
         happened.ended = time.monotonic()
         await asyncio.sleep(fault.hold_s)
-        await run.stack.start_gateway(index)
+        await restarted(run, lambda: run.stack.start_gateway(index))
 
     await _exclusive(run, f"gateway-{index}", happened, act)
+
+
+async def restarted(run: Run, start: Callable[[], Awaitable[None]]) -> None:
+    """Start a process again as a supervisor would (Kubernetes, compose `restart: always`):
+    a start that fails is counted and tried again."""
+    for attempt in range(1, 31):
+        try:
+            await start()
+            return
+        except RuntimeError:
+            run.start_failures += 1
+            await asyncio.sleep(min(5.0, 0.5 * attempt))
+    raise RuntimeError("the gateway did not start in 30 attempts")
 
 
 async def worker_kill(run: Run, fault: Fault, happened: Happened) -> None:
@@ -564,11 +583,12 @@ async def drive(run: Run, base: str, faults: list[Fault], progress: Progress) ->
     return report(run, started, baseline, final, statuses)
 
 
-async def job_statuses(run: Run) -> dict[str, str]:
+async def job_statuses(run: Run) -> dict[str, tuple[str, int]]:
+    """Each job's status and last seq, as Redis holds them: what its client must have got."""
     found = {}
     for watched in run.watched:
-        status = await run.client.hget(KEYS.meta(watched.job), "status")
-        found[watched.job] = status.decode() if status else "missing"
+        status, seq = await run.client.hmget(KEYS.meta(watched.job), ["status", "seq"])
+        found[watched.job] = (status.decode() if status else "missing", int(seq or 0))
     return found
 
 
@@ -614,7 +634,7 @@ def report(
     started: float,
     baseline: dict[str, float],
     final: dict[str, float],
-    statuses: dict[str, str],
+    statuses: dict[str, tuple[str, int]],
 ) -> dict[str, Any]:
     applied = [h for h in run.happened if not h.skipped]
     kinds = {h.fault.kind for h in applied}
@@ -623,7 +643,9 @@ def report(
     for happened in applied:
         by_kind[happened.fault.kind] += recovery_s(run, happened)
     watched = run.watched
-    lost = sum(max(0, w.events - len(set(w.watch.seqs))) for w in watched)
+    stored = {job: seq for job, (_, seq) in statuses.items()}
+    lost = sum(max(0, stored[w.job] - len(set(w.watch.seqs))) for w in watched)
+    ended = [status for status, _ in statuses.values()]
     return {
         "seed": run.args.seed,
         "redis": "cluster (3 primaries + 3 replicas)"
@@ -638,14 +660,15 @@ def report(
         "jobs": len(watched),
         "jobs_sse": sum(1 for w in watched if w.transport == "sse"),
         "jobs_producer": sum(1 for w in watched if w.producer),
-        "jobs_not_ended": sum(1 for s in statuses.values() if s not in ("done", "failed")),
-        "jobs_failed": sum(1 for s in statuses.values() if s == "failed"),
+        "jobs_not_ended": sum(1 for s in ended if s not in ("done", "failed")),
+        "jobs_failed": sum(1 for s in ended if s == "failed"),
         "events_checked": sum(len(w.watch.seqs) for w in watched),
         "lost": lost,
         "duplicated": sum(w.watch.duplicates for w in watched),
         "out_of_order": sum(1 for w in watched if w.watch.seqs != sorted(w.watch.seqs)),
         "gone": sum(w.watch.gone for w in watched),
-        "exact_jobs": sum(1 for w in watched if w.watch.exact(w.events)),
+        "exact_jobs": sum(1 for w in watched if w.watch.exact(stored[w.job])),
+        "gateway_start_failures": run.start_failures,
         "connections": run.tally.opened,
         "refused_connects": run.tally.refused,
         "close_codes": run.tally.close_codes,

@@ -1,6 +1,8 @@
-"""Soak and recovery: memory and Redis commands over a long idle period, then a Redis restart.
+"""Soak and recovery: memory and Redis commands over a long idle period, then a Redis restart;
+or, with --churn, connections coming and going (benchmarks/churn.py).
 
     python -m benchmarks.soak [--sockets 2000] [--minutes 60] [--sample-s 30] [--mode pubsub]
+    python -m benchmarks.soak --churn [--minutes 30] [--rate 100] [--sample-s 10]
 
 Idle phase: --sockets sockets watch silent jobs for --minutes (the gateway's IDLE_TIMEOUT_S is
 raised past the soak, as for tabs that stay open); every --sample-s it prints the
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
+from benchmarks import churn
 from service.bench.harness import (
     CommandCount,
     close_all,
@@ -76,11 +79,20 @@ async def recovery(
 async def main() -> None:
     parser = argparse.ArgumentParser(description="resultcast soak and recovery")
     parser.add_argument("--sockets", type=int, default=2000)
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--sample-s", type=float, default=30.0)
+    parser.add_argument("--minutes", type=float, help="default 60, or 30 with --churn")
+    parser.add_argument("--sample-s", type=float, help="default 30, or 10 with --churn")
     parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
+    parser.add_argument("--churn", action="store_true", help="connections coming and going")
+    churn.add_arguments(parser)
     args = parser.parse_args()
     raise_open_files_limit()
+    if args.churn:
+        args.minutes = args.minutes or 30.0
+        args.sample_s = args.sample_s or 10.0
+        await churn.main(args)
+        return
+    args.minutes = args.minutes or 60.0
+    args.sample_s = args.sample_s or 30.0
     with tempfile.TemporaryDirectory(prefix="resultcast-soak-") as tmp:
         port = free_port()
         redis_process = start_durable_redis(Path(tmp), port)
