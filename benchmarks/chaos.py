@@ -115,11 +115,10 @@ class Fault:
     hold_s: float  # how long it lasts (a freeze) or the process stays down
 
 
-def schedule(seed: int, duration_s: float, every_s: float, cluster: bool) -> list[Fault]:
+def schedule(seed: int, duration_s: float, every_s: float, kinds: tuple[str, ...]) -> list[Fault]:
     """The faults of a run: a Poisson process of mean gap `every_s` from 5 s in until four
     fifths of the run, each of a kind, target and length drawn from the same seed."""
     rng = random.Random(seed)
-    kinds = CLUSTER_FAULTS if cluster else SINGLE_FAULTS
     faults: list[Fault] = []
     at = 5.0
     while True:
@@ -503,7 +502,10 @@ async def retried(attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
 
 async def run_chaos(args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress("chaos")
-    faults = schedule(args.seed, args.duration_s, args.fault_every_s, args.cluster)
+    kinds = CLUSTER_FAULTS if args.cluster else SINGLE_FAULTS
+    if args.faults:
+        kinds = tuple(kind for kind in kinds if kind in args.faults.split(","))
+    faults = schedule(args.seed, args.duration_s, args.fault_every_s, kinds)
     print(f"chaos: seed {args.seed}: {len(faults)} faults over {args.duration_s:g} s", flush=True)
     out = args.out or Path(tempfile.mkdtemp(prefix=f"resultcast-chaos-{args.seed}-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -727,6 +729,7 @@ def main() -> None:
     parser.add_argument("--fault-every-s", type=float, default=6.0)
     parser.add_argument("--drain-s", type=float, default=120.0, help="time for jobs to end")
     parser.add_argument("--cluster", action="store_true")
+    parser.add_argument("--faults", help="only these kinds, comma-separated (default: all)")
     parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument("--out", type=Path, help="logs and data (default: a new temp dir)")
     parser.add_argument("--json", type=Path)
