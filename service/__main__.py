@@ -118,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, banner=not getattr(args, "no_banner", False))
+    logs.configure(
+        settings.log_level,
+        banner=not getattr(args, "no_banner", False),
+        json=settings.log_format == "json",
+    )
     from redis.exceptions import RedisError
 
     from service.model import RedisUnavailable

@@ -53,6 +53,16 @@ def _mode(text: str) -> DeliveryMode:
     return value
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 def _redis_url(text: str) -> str:
     value = text.strip()
     if not value.startswith(("redis://", "rediss://", "unix://")):
@@ -97,6 +107,8 @@ class Settings:
     result_ttl_s: int = _env("RESULT_TTL_S", _int)
     key_prefix: str = _env("KEY_PREFIX", str)
     log_level: str = _env("LOG_LEVEL", str)
+    # `json`: one object per line (time, level, logger, message and the line's fields).
+    log_format: str = _env("LOG_FORMAT", _log_format)
 
     # Redis connections.
     redis_socket_timeout_s: float = _env("REDIS_SOCKET_TIMEOUT_S", _float)
@@ -262,6 +274,7 @@ DEFAULTS: dict[str, Any] = {
     "result_ttl_s": 86400,
     "key_prefix": "rc",
     "log_level": "INFO",
+    "log_format": "text",
     "redis_socket_timeout_s": 5.0,
     "redis_connect_timeout_s": 5.0,
     "redis_max_connections": 16,

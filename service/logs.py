@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
 # `token=` however its name is spelled in a query string: `%74oken=` means the same to the
@@ -78,9 +82,44 @@ def _at_debug(record: logging.LogRecord) -> bool:
     return True
 
 
-def configure(level: str = "INFO", *, banner: bool = True) -> None:
+# What every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class TextLines(logging.Formatter):
+    """`time LEVEL logger: message`, redacted as a whole: a traceback's text is masked too
+    (an exception's message may quote a URL with its token)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the fields the
+    line is about (`extra=`: job, socket, code, cause...) and, after a failure, the traceback.
+    Every string is redacted like a text line, fields included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure(level: str = "INFO", *, banner: bool = True, json: bool = False) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonLines() if json else TextLines())
     handler.addFilter(RoutineAtDebug(banner=banner))
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()

@@ -382,13 +382,23 @@ class Emitter:
                     retrying.add(writer)
                     retry.append((writer, args, False, generation))
                 else:
-                    log.error("emit for job %s failed: %s", writer.job, result)
+                    log.error(
+                        "emit for job %s failed: %s",
+                        writer.job,
+                        result,
+                        extra={"job": writer.job},
+                    )
                     writer._fail(EmitError(f"Redis refused the event: {result}"))
             else:
                 written, last_seq, outcome = (int(x) for x in result)
                 self.events_written += written
                 writer._advance(last_seq)
                 if outcome:
-                    log.warning("emit for job %s stopped: %s", writer.job, _MESSAGES[outcome])
+                    log.warning(
+                        "emit for job %s stopped: %s",
+                        writer.job,
+                        _MESSAGES[outcome],
+                        extra={"job": writer.job},
+                    )
                     writer._fail(_OUTCOMES.get(outcome, EmitError)(_MESSAGES[outcome]))
         return retry, refused

@@ -308,6 +308,7 @@ class Worker:
                     "will be claimed again",
                     running.job,
                     e,
+                    extra={"job": running.job},
                 )
             else:
                 log.error(
@@ -315,6 +316,7 @@ class Worker:
                     running.job,
                     type(e).__name__,
                     e,
+                    extra={"job": running.job},
                 )
         finally:
             self.running.pop((running.stream, running.entry_id), None)
@@ -328,9 +330,13 @@ class Worker:
             )
         status = status.decode() if isinstance(status, bytes) else status
         if not status:
-            log.warning("job %s is gone from Redis (expired or lost); dropping it", job)
+            log.warning(
+                "job %s is gone from Redis (expired or lost); dropping it",
+                job,
+                extra={"job": job},
+            )
         elif status in (JobStatus.DONE, JobStatus.FAILED):
-            log.info("job %s was already %s; acknowledging it", job, status)
+            log.info("job %s was already %s; acknowledging it", job, status, extra={"job": job})
         else:
             writer = running.writer = self.emitter.writer(job, int(last_seq))
             await self._run_handler(writer, kind, fields.get(b"payload", b"{}"), int(attempts))
@@ -355,9 +361,18 @@ class Worker:
             await writer.flushed()
             self.jobs_finished[terminal[0].value] += 1
         except JobLost:
-            log.warning("job %s vanished from Redis while running; dropping it", writer.job)
+            log.warning(
+                "job %s vanished from Redis while running; dropping it",
+                writer.job,
+                extra={"job": writer.job},
+            )
         except EmitError as e:
-            log.warning("job %s: terminal event not written: %s", writer.job, e)
+            log.warning(
+                "job %s: terminal event not written: %s",
+                writer.job,
+                e,
+                extra={"job": writer.job},
+            )
 
     async def _call(
         self, handler: Handler, writer: JobWriter, kind: str, raw_payload: bytes, attempts: int
@@ -381,7 +396,13 @@ class Worker:
         except TimeoutError as e:
             if not deadline.expired():  # the handler's own timeout, not the job's
                 return self._handler_raised(writer.job, kind, e)
-            log.info("job %s (%s) ran past its time limit of %gs", writer.job, kind, limit_s)
+            log.info(
+                "job %s (%s) ran past its time limit of %gs",
+                writer.job,
+                kind,
+                limit_s,
+                extra={"job": writer.job},
+            )
             await self._flushed_or_lost(writer)
             message = f"the job ran longer than its time limit of {limit_s:g} s (JOB_TIMEOUT_S)"
             return EventKind.FAILED, {"message": message}
@@ -409,7 +430,7 @@ class Worker:
 
     @staticmethod
     def _handler_raised(job: str, kind: str, error: Exception) -> tuple[EventKind, Any]:
-        log.error("handler for job %s (%s) raised", job, kind, exc_info=error)
+        log.error("handler for job %s (%s) raised", job, kind, exc_info=error, extra={"job": job})
         return EventKind.FAILED, {"message": f"the job's handler failed ({type(error).__name__})"}
 
     async def _flushed_or_lost(self, writer: JobWriter) -> None:
@@ -494,7 +515,7 @@ class Worker:
                 justid=True,
             )
             await pipe.execute()
-            log.info("handed job %s back", running.job)
+            log.info("handed job %s back", running.job, extra={"job": running.job})
         except Exception as e:
             log.warning(
                 "could not hand job %s back (it will be claimed after %.0fs): %s",

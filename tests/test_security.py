@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -163,8 +164,9 @@ async def test_certificates_are_verified_and_passwords_never_logged(
     assert PASSWORD not in caplog.text
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_tokens_in_urls_are_masked_in_the_gateway_log(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, log_format: str
 ) -> None:
     client = redis_server.client()
     await migrate(client, KEYS, report=lambda _: None)
@@ -174,7 +176,7 @@ async def test_tokens_in_urls_are_masked_in_the_gateway_log(
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled over HTTP
             [*SERVICE, "gateway", "--port", str(port)],
-            env=service_env(redis_server.url),
+            env=service_env(redis_server.url, LOG_FORMAT=log_format),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -193,6 +195,10 @@ async def test_tokens_in_urls_are_masked_in_the_gateway_log(
     text = log_path.read_text()
     assert f"/jobs/{reply['job']}?token=***" in text
     assert reply["token"] not in text
+    if log_format == "json":  # one object per line, each with the four keys
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+        assert any(line["logger"] == "uvicorn.access" for line in lines)
 
 
 async def _up(http: httpx.AsyncClient) -> bool:

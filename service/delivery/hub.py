@@ -253,7 +253,12 @@ class Hub:
                 return
             # Not a frame we wrote: say so, and read the job's stream (the durable copy).
             self._stats.malformed_frames += 1
-            log.warning("a live frame for job %s is malformed (%s); catching it up", job, e)
+            log.warning(
+                "a live frame for job %s is malformed (%s); catching it up",
+                job,
+                e,
+                extra={"job": job},
+            )
             self.request_catch_up(job, CatchUpCause.GAP)
             return
         if self._offer(feed, feed.watches.values(), frame, head):
@@ -264,7 +269,11 @@ class Hub:
         for feed in self.feeds.values():
             feed.unverified = True
         self._stats.failovers += 1
-        log.warning("checking %d watched job(s) against the new Redis server", len(self.feeds))
+        log.warning(
+            "checking %d watched job(s) against the new Redis server",
+            len(self.feeds),
+            extra={"cause": CatchUpCause.FAILOVER.value},
+        )
         self.missed(None, CatchUpCause.FAILOVER)
 
     def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, head: FrameHead) -> bool:
@@ -346,7 +355,11 @@ class Hub:
         for job in watched:
             self.feeds[job].unverified = True
         self._stats.failovers += 1
-        log.warning("checking %d watched job(s) against their new Redis node", len(watched))
+        log.warning(
+            "checking %d watched job(s) against their new Redis node",
+            len(watched),
+            extra={"cause": CatchUpCause.FAILOVER.value},
+        )
         self.missed(watched, CatchUpCause.FAILOVER)
 
     async def run(self) -> None:
@@ -536,7 +549,7 @@ class Hub:
             except FrameError as e:
                 # A stored entry we cannot read: stop this page rather than skip it silently.
                 self._stats.malformed_frames += 1
-                log.error("job %s has a malformed stored event (%s)", job, e)
+                log.error("job %s has a malformed stored event (%s)", job, e, extra={"job": job})
                 for watch in served:
                     if feed.watches.get(watch.watcher) is watch:
                         self._gone(job, watch, GONE_MALFORMED)

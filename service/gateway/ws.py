@@ -102,7 +102,10 @@ class WebSocketSession:
         except Exception:
             # A bug of ours, not the client's doing: this client alone is closed with 1011
             # (it may reconnect and resume), the rest of the gateway goes on.
-            log.exception("a WebSocket session failed; closing it with 1011")
+            log.exception(
+                "a WebSocket session failed; closing it with 1011",
+                extra={"code": int(CloseCode.INTERNAL_ERROR)},
+            )
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             await self.outbox.finish(self._close_deadline)
