@@ -102,6 +102,8 @@ class Settings:
     # Older keys still accepted for tokens while a rotation is under way; the first key signs.
     secret_key_fallbacks: tuple[str, ...] = _env("SECRET_KEY_FALLBACKS", _list, secret=True)
     api_keys: tuple[str, ...] = _env("API_KEYS", _list, secret=True)
+    # Bearer key of GET /admin/stats; empty: the admin view does not exist (404).
+    admin_key: str = _env("ADMIN_KEY", str, secret=True)
     idle_timeout_s: float = _env("IDLE_TIMEOUT_S", _float)
     sse_keepalive_s: float = _env("SSE_KEEPALIVE_S", _float)
     result_ttl_s: int = _env("RESULT_TTL_S", _int)
@@ -269,6 +271,7 @@ DEFAULTS: dict[str, Any] = {
     "secret_key": "",
     "secret_key_fallbacks": (),
     "api_keys": (),
+    "admin_key": "",
     "idle_timeout_s": 300.0,
     "sse_keepalive_s": 15.0,
     "result_ttl_s": 86400,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.model import ErrorCode, ServiceError
 
@@ -111,6 +111,10 @@ class Delivery(Protocol):
     def catch_up_backlog(self) -> int:
         """Jobs waiting for, or in, a catch-up read."""
 
+    def snapshot(self, busiest: int) -> dict[str, Any]:
+        """What it holds now, for `/admin/stats`, without a Redis command: watches, the
+        `busiest` jobs by watchers, paused watches, the catch-up backlog, the live source."""
+
 
 class LiveSink(Protocol):
     """What a live source reports to (the hub). Every method returns at once."""
@@ -156,3 +160,6 @@ class LiveSource(Protocol):
 
     def unfollow(self, job: str) -> None:
         """The last local watcher of `job` left."""
+
+    def describe(self) -> dict[str, Any]:
+        """Its state for `/admin/stats` (connections, what it follows), without a command."""

@@ -31,11 +31,13 @@ rewritten ends with `gone`; the others go on as if nothing happened.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from service.aio import stop_tasks
 from service.backoff import reconnect_delay_s
@@ -158,6 +160,21 @@ class Hub:
     def catch_up_backlog(self) -> int:
         """Jobs waiting for, or in, a catch-up read."""
         return sum(1 for feed in self.feeds.values() if feed.catch_up is not CatchUp.IDLE)
+
+    def snapshot(self, busiest: int) -> dict[str, Any]:
+        top = heapq.nlargest(busiest, self.feeds.values(), key=lambda feed: len(feed.watches))
+        return {
+            "ready": self.ready(),
+            "watches": self.watch_count,
+            "jobs_watched": len(self.feeds),
+            "paused_watches": self.paused_count,
+            "catch_up_backlog": self.catch_up_backlog,
+            "busiest_jobs": [
+                {"job": feed.job, "watchers": len(feed.watches), "catch_up": feed.catch_up.value}
+                for feed in top
+            ],
+            "live": self._source.describe(),
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 from service.delivery.base import CatchUpCause, LiveSink
 from service.streams import Page, PageRequest
@@ -38,6 +39,9 @@ class MemorySource:
 
     def unfollow(self, job: str) -> None:
         self.following.pop(job, None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": "memory", "up": self.up, "following": len(self.following)}
 
     def push(self, job: str, frame: bytes) -> None:
         """A live frame, delivered only while the job is followed (as a subscription would)."""

@@ -238,6 +238,18 @@ class PubSubSource:
         if self.subscriber is not None:
             await self.subscriber.close()
 
+    def describe(self) -> dict[str, Any]:
+        subscriber = self.subscriber
+        if subscriber is None:
+            return {"source": "pubsub", "connected": False}
+        return {
+            "source": "pubsub",
+            "connected": subscriber.connected,
+            "gateway_id": subscriber.gateway_id,
+            "reconnects": self._stats.subscriber_reconnects,
+            "probes_sent": self._stats.probes_sent,
+        }
+
     def ready(self) -> bool:
         return self.subscriber is not None and self.subscriber.connected
 

@@ -237,6 +237,21 @@ class ShardedSource:
     def ready(self) -> bool:
         return bool(self._shards) and all(s.connected for s in self._shards.values())
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "sharded",
+            "shards": [
+                {
+                    "node": name,
+                    "connected": shard.connected,
+                    "channels": len(shard.channels),
+                    "run_id": _text(shard.identity[0]) if shard.identity else None,
+                    "replication_id": _text(shard.identity[1]) if shard.identity else None,
+                }
+                for name, shard in sorted(self._shards.items())
+            ],
+        }
+
     def follow(self, job: str, after_seq: int) -> None:
         channel = self._keys.channel(job).encode()
         shard = self._owner(channel)
@@ -339,3 +354,7 @@ class ShardedSource:
                 task = asyncio.create_task(shard.stop())
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode(errors="replace")

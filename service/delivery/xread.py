@@ -81,6 +81,14 @@ class XreadSource:
         # Nothing of its own to be down but its loops; /readyz also checks Redis itself.
         return not self._crashed
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "xread",
+            "loops": len(self._loops),
+            "loops_restarting": len(self._crashed),
+            "loops_without_redis": len(self._lost),
+        }
+
     def follow(self, job: str, after_seq: int) -> None:
         self._cursors[job] = after_seq
         self._loops[job] = asyncio.create_task(

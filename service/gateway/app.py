@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.config import Settings
+from service.gateway.admin import admin_stats
 from service.gateway.errors import HTTPFailure, error_response, service_error_response
 from service.gateway.running import Gateway, running_gateway
 from service.gateway.sessions import Sessions
@@ -91,6 +92,10 @@ async def readyz(request: Request) -> Response:
     return await gateway_of(request).health.readyz(request)
 
 
+async def admin(request: Request) -> Response:
+    return admin_stats(gateway_of(request), request)
+
+
 async def metrics(request: Request) -> Response:
     return Response(render(gateway_of(request).metrics), media_type=CONTENT_TYPE)
 
@@ -146,6 +151,7 @@ def create_app(settings: Settings) -> GatewayApp:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/stats", admin, methods=["GET"]),
             Route("/", index, methods=["GET"]),
             # The browser client (resultcast.js) and the demo page's files.
             Mount("/static", StaticFiles(packages=[("service.gateway", "static")]), name="static"),

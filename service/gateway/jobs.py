@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from starlette.responses import Response
 from service import tokens
 from service.codec import encode, job_body, json_type
 from service.config import Settings
+from service.gateway.bearer import bearer_matches
 from service.gateway.errors import HTTPFailure
 from service.handlers import BUILTIN_HANDLERS, Limits, validate_builtin
 from service.model import ErrorCode, is_job_id, seq_of_stream_id
@@ -130,14 +130,7 @@ class Intake:
 
     def _check_api_key(self, request: Request) -> None:
         keys = self.settings.api_keys
-        if not keys:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        ok = False
-        if scheme.lower() == "bearer" and given:
-            for key in keys:
-                ok |= hmac.compare_digest(key.encode(), given.strip().encode())
-        if not ok:
+        if keys and not bearer_matches(request, keys):
             raise HTTPFailure(
                 401,
                 ErrorCode.UNAUTHORIZED,
