@@ -54,6 +54,14 @@ def _mode(text: str) -> DeliveryMode:
 
 
 LOG_FORMATS = ("text", "json")
+WEBSOCKET_SENDS = ("fast", "asgi")
+
+
+def _websocket_send(text: str) -> str:
+    value = text.strip().lower()
+    if value not in WEBSOCKET_SENDS:
+        raise ValueError(f"one of {', '.join(WEBSOCKET_SENDS)}")
+    return value
 
 
 def _log_format(text: str) -> str:
@@ -130,6 +138,8 @@ class Settings:
     # stuck client to about twice that (the kernel doubles it), for about 5 MB/s per
     # connection at 50 ms round trip.
     socket_send_buffer_bytes: int = _env("SOCKET_SEND_BUFFER_BYTES", _int)
+    # `fast`: event frames written by our own send path under uvicorn; `asgi`: uvicorn's own.
+    websocket_send: str = _env("WEBSOCKET_SEND", _websocket_send)
     max_sockets: int = _env("MAX_SOCKETS", _int)
     allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", _list)
     catch_up_page_size: int = _env("CATCH_UP_PAGE_SIZE", _int)
@@ -289,6 +299,7 @@ DEFAULTS: dict[str, Any] = {
     "send_stall_timeout_s": 10.0,
     "socket_send_buffer_bytes": 256 * 1024,
     "max_sockets": 19_000,
+    "websocket_send": "fast",
     "allowed_origins": (),
     "catch_up_page_size": 500,
     "max_replay_events": 100_000,

@@ -80,6 +80,8 @@ def make_settings(url: str, **overrides: Any) -> Settings:
         "worker_stop_grace_s": 3.0,
         "redis_socket_timeout_s": 2.0,
         "redis_connect_timeout_s": 1.0,
+        # CI runs the WebSocket tests on both send paths (WEBSOCKET_SEND=asgi the second time).
+        "websocket_send": os.environ.get("WEBSOCKET_SEND", "fast"),
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -18,6 +18,7 @@ from service.delivery.base import Delivery
 from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
 from service.gateway.running import Gateway
 from service.gateway.watches import Watches
+from service.gateway.ws_protocol import FAST_SEND_EXTENSION, FAST_TEXT
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class WebSocketSession:
     __slots__ = (
         "__weakref__",
         "_close_deadline",
+        "_fast",
         "_last_read",
         "_loop",
         "_read_timeout",
@@ -53,9 +55,12 @@ class WebSocketSession:
         delivery: Delivery,
         settings: Settings,
         stats: GatewayStats,
+        *,
+        fast_send: bool = False,
     ) -> None:
         self._receive = receive
         self._send = send
+        self._fast = fast_send
         self._settings = settings
         self.watches = Watches(
             self._send_text,
@@ -72,7 +77,10 @@ class WebSocketSession:
         self._last_read = self._loop.time()
 
     async def _send_text(self, frame: bytes) -> None:
-        await self._send({"type": "websocket.send", "text": frame.decode()})
+        if self._fast:  # the server writes the stored UTF-8 bytes as they are
+            await self._send({"type": "websocket.send", FAST_TEXT: frame})
+        else:
+            await self._send({"type": "websocket.send", "text": frame.decode()})
 
     async def _send_close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
@@ -165,7 +173,8 @@ class WebSocketEndpoint:
         gateway = self._gateway()
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
-        session = WebSocketSession(receive, send, gateway.delivery, settings, stats)
+        fast = FAST_SEND_EXTENSION in scope.get("extensions", {})
+        session = WebSocketSession(receive, send, gateway.delivery, settings, stats, fast_send=fast)
         if not origin_allowed(scope, settings.allowed_origins):
             session.close(CloseCode.POLICY, "origin not allowed")
         elif sessions.at_capacity(settings.max_sockets):

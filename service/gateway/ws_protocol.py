@@ -18,9 +18,19 @@ What uvicorn's `websockets-sansio` protocol does below the application, and what
   dropped `SHUTDOWN_GRACE_S` after the application ends (at once when nothing can be sent).
 - A text frame that is not UTF-8 is closed with 1007 and logged as one line, not an ERROR
   with a traceback.
+- With `WEBSOCKET_SEND=fast` (the default) an event frame is written as it is: the session
+  hands over the UTF-8 bytes the emit script stored (`FAST_TEXT`, offered through the scope
+  extension `FAST_SEND_EXTENSION`), and while the connection is open, nothing of the
+  protocol's own waits to be sent, writing is not paused and no extension was negotiated,
+  the frame header and payload go out in one transport write. Everything else (handshake,
+  pings, the close handshake, back-pressure, a negotiated `permessage-deflate`) goes through
+  uvicorn's own code, which decodes, re-encodes and serialises each frame through websockets'
+  `Frame` (about four copies of the payload).
 
 It relies on attributes of uvicorn's class (`conn`, `frames`, `writable`, `close_sent`,
-`transport`, `handshake_complete`) and on `websockets`' `ServerProtocol.reader.buffer`;
+`transport`, `handshake_complete`, `initial_response`, `scope`) and of `websockets`'
+`ServerProtocol` (`reader.buffer`, `writes`, `extensions`, `expect_continuation_frame`,
+`state`);
 `tests/gateway/test_ws_protocol.py` checks that they exist in the pinned versions
 (`constraints.txt`), so an upgrade that moves them fails there, not in production.
 """
@@ -29,15 +39,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN
 
 from service.config import Settings
 from service.gateway.http_protocol import cancelled, reset
 from service.gateway.protocol import CloseCode
 
 log = logging.getLogger(__name__)
+
+# In a WebSocket's scope["extensions"] when the server takes an event frame's UTF-8 bytes as
+# they are: send `{"type": "websocket.send", FAST_TEXT: <bytes>}` instead of `"text"`.
+FAST_SEND_EXTENSION = "resultcast.send_text_bytes"
+FAST_TEXT = "resultcast.text_bytes"
+_SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
+FIN_TEXT = 0x81
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's (unmasked) final text frame carrying `payload` (RFC 6455, 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return _SHORT.pack(FIN_TEXT, size) + payload
+    if size < 65536:
+        return _MEDIUM.pack(FIN_TEXT, 126, size) + payload
+    return _LONG.pack(FIN_TEXT, 127, size) + payload
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -46,12 +75,42 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     message_timeout_s = 10.0
     stall_timeout_s = 10.0
     grace_s = 5.0
+    fast_send = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unfinished: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._drop: asyncio.TimerHandle | None = None
+
+    # -- what the application sends -----------------------------------------------------------
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # absent when the handshake was refused
+        if self.fast_send and scope is not None:
+            scope["extensions"][FAST_SEND_EXTENSION] = {}
+
+    async def send(self, message: Any) -> None:
+        data = message.get(FAST_TEXT)
+        if data is None:
+            await super().send(message)
+            return
+        conn = self.conn
+        if (
+            self.writable.is_set()
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and conn.state is OPEN
+            and not conn.writes
+            and not conn.extensions
+            and not conn.expect_continuation_frame
+        ):
+            self.transport.write(text_frame(data))
+            return
+        await super().send({"type": "websocket.send", "text": bytes(data).decode()})
 
     # -- what the client sends ----------------------------------------------------------------
 
@@ -156,5 +215,6 @@ def guarded_ws_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
             "message_timeout_s": settings.request_header_timeout_s,
             "stall_timeout_s": settings.send_stall_timeout_s,
             "grace_s": settings.shutdown_grace_s,
+            "fast_send": settings.websocket_send == "fast",
         },
     )

@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
 import uvicorn
+import websockets
+from hypothesis import given
+from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from service.config import Settings
+from service.gateway.ws_protocol import (
+    FAST_SEND_EXTENSION,
+    FAST_TEXT,
+    guarded_ws_protocol,
+    text_frame,
+)
 from tests.attackers import frame, open_websocket, read_close_code
-from tests.processes import running_gateway
+from tests.conftest import make_settings
+from tests.processes import running_gateway, serving
+from tests.redis_servers import free_port
 
 
 async def _app(scope: object, receive: object, send: object) -> None:
@@ -38,6 +51,13 @@ def test_what_the_guarded_protocols_rely_on_exists() -> None:
         assert hasattr(ws, name), f"WebSocketsSansIOProtocol.{name}"
     for name in ("handshake_complete", "curr_msg_data_type", "loop", "logger"):
         assert hasattr(ws, name), f"WebSocketsSansIOProtocol.{name}"
+    # The fast send path (WEBSOCKET_SEND=fast).
+    assert hasattr(ws, "initial_response"), "WebSocketsSansIOProtocol.initial_response"
+    assert "scope" in WebSocketsSansIOProtocol.handle_connect.__code__.co_names
+    assert callable(getattr(ws, "send", None)) and callable(getattr(ws, "handle_connect", None))
+    server = ServerProtocol()
+    for name in ("writes", "extensions", "expect_continuation_frame", "state"):
+        assert hasattr(server, name), f"websockets ServerProtocol.{name}"
     for method in (
         "data_received",
         "handle_ping",
@@ -86,3 +106,42 @@ async def test_text_that_is_not_utf8_closes_with_1007_and_one_quiet_line(
     assert loud == [], [r.getMessage() for r in loud]
     said = [r for r in caplog.records if "not UTF-8" in r.getMessage()]
     assert len(said) == 5 and all(r.levelno == logging.INFO for r in said)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_the_fast_path_frames_are_websockets_own(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+@given(st.binary(max_size=200_000))
+def test_the_fast_path_frames_are_websockets_own_for_any_payload(payload: bytes) -> None:
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+@pytest.mark.parametrize("websocket_send", ["fast", "asgi"])
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_a_frame_handed_over_as_bytes_arrives_on_either_path(
+    settings: Settings, websocket_send: str, deflate: bool
+) -> None:
+    """`fast` offers the scope extension and writes the bytes itself (uvicorn's own code when
+    the client negotiated permessage-deflate); `asgi` does not offer it."""
+    offered: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        offered.append(FAST_SEND_EXTENSION in scope["extensions"])
+        message = {"type": "websocket.send", FAST_TEXT: "é vent".encode()}
+        await send(message if offered[-1] else {"type": "websocket.send", "text": "é vent"})
+        await receive()
+
+    chosen = make_settings(settings.redis_url, websocket_send=websocket_send)
+    protocol = guarded_ws_protocol(chosen)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", ws=protocol)
+    async with serving(config) as base:
+        url = base.replace("http", "ws") + "/"
+        compression = "deflate" if deflate else None
+        async with websockets.connect(url, compression=compression) as ws:
+            assert await ws.recv() == "é vent"
+    assert offered == [websocket_send == "fast"]
