@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service.delivery.base import CatchUpCause
+from service.gateway.protocol import CloseCode
 from service.redis_client import RedisFactory
 from service.stats import LATENCY_BUCKETS_MS, GatewayStats
 
@@ -65,6 +66,7 @@ class GatewayCollector(Collector):
     ready: Callable[[], bool]
     paused_count: Callable[[], int]
     catch_up_backlog: Callable[[], int]
+    max_sockets: int = 0
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s, mode = self.stats, [self.mode]
@@ -96,6 +98,11 @@ class GatewayCollector(Collector):
             "resultcast_delivery_ready",
             "1 while events can be delivered live",
             1 if self.ready() else 0,
+        )
+        yield gauge(
+            "resultcast_max_sockets",
+            "MAX_SOCKETS: connections this gateway accepts at most (alert near it)",
+            self.max_sockets,
         )
         yield gauge(
             "resultcast_asyncio_tasks",
@@ -164,8 +171,10 @@ class GatewayCollector(Collector):
             "Sockets closed by the gateway, by code",
             labels=["mode", "code"],
         )
-        for code, count in sorted(s.closes.items()):
-            closes.add_metric([self.mode, str(code)], count)
+        # Every code the gateway closes with, at 0 until it happens: an alert on one
+        # (1013, 1011) has a series to read from the start.
+        for code in sorted({int(c) for c in CloseCode} | set(s.closes)):
+            closes.add_metric([self.mode, str(code)], s.closes.get(code, 0))
         yield closes
         histogram = HistogramMetricFamily(
             "resultcast_delivery_latency_seconds",

@@ -68,6 +68,7 @@ async def running_gateway(settings: Settings, sessions: Sessions) -> AsyncIterat
             ready=delivery.ready,
             paused_count=lambda: delivery.paused_count,
             catch_up_backlog=lambda: delivery.catch_up_backlog,
+            max_sockets=settings.max_sockets,
         )
         gateway = Gateway(
             settings,
