@@ -384,3 +384,21 @@ async def test_the_readmes_browser_snippet_runs_as_written(
     events = [line for line in logged if line != "done"]
     assert [line.split(" ", 1)[0] for line in events] == ["1", "2", "3", "4", "5", "6"], logged
     assert not problems, problems
+
+
+async def test_the_admin_view_shows_the_gateways_live_state_given_its_key(
+    browser: Browser, settings: Settings, migrated: redis.Redis
+) -> None:
+    keyed = make_settings(settings.redis_url, admin_key="the-admin-key")
+    page = await browser.new_page()
+    async with running_gateway(keyed) as base:
+        await page.goto(base)
+        await page.locator("#admin summary").click()
+        await page.get_by_label("Admin key").fill("not-the-key")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page.locator("#admin-problem")).to_have_text("wrong admin key")
+        await page.get_by_label("Admin key").fill("the-admin-key")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page.locator("#admin-stats")).to_contain_text('"connections"')
+        await expect(page.locator("#admin-stats")).to_contain_text('"source": "pubsub"')
+        await expect(page.locator("#admin-problem")).to_have_text("")
