@@ -97,7 +97,10 @@ class WsProtocol(asyncio.Protocol):
         if end < 0:
             return False
         if not buffer.startswith(b"HTTP/1.1 " + status):
-            self.open.set_exception(ConnectionError(bytes(buffer[:80]).decode(errors="replace")))
+            if not self.open.done():  # a refusal whose body arrives in later reads
+                self.open.set_exception(
+                    ConnectionError(bytes(buffer[:80]).decode(errors="replace"))
+                )
             return False
         del buffer[: end + 4]
         self._upgraded = True
