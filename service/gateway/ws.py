@@ -45,6 +45,7 @@ class WebSocketSession:
         "_send",
         "_settings",
         "outbox",
+        "peer",
         "watches",
     )
 
@@ -57,7 +58,9 @@ class WebSocketSession:
         stats: GatewayStats,
         *,
         fast_send: bool = False,
+        peer: str | None = None,
     ) -> None:
+        self.peer = peer  # the client's address, for log lines
         self._receive = receive
         self._send = send
         self._fast = fast_send
@@ -112,7 +115,7 @@ class WebSocketSession:
             # (it may reconnect and resume), the rest of the gateway goes on.
             log.exception(
                 "a WebSocket session failed; closing it with 1011",
-                extra={"code": int(CloseCode.INTERNAL_ERROR)},
+                extra={"code": int(CloseCode.INTERNAL_ERROR), "socket": self.peer},
             )
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
@@ -174,12 +177,18 @@ class WebSocketEndpoint:
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
         fast = FAST_SEND_EXTENSION in scope.get("extensions", {})
-        session = WebSocketSession(receive, send, gateway.delivery, settings, stats, fast_send=fast)
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else None
+        session = WebSocketSession(
+            receive, send, gateway.delivery, settings, stats, fast_send=fast, peer=peer
+        )
         if not origin_allowed(scope, settings.allowed_origins):
             session.close(CloseCode.POLICY, "origin not allowed")
         elif sessions.at_capacity(settings.max_sockets):
             log.warning(
-                "refusing a WebSocket: %d connections open, the limit", settings.max_sockets
+                "refusing a WebSocket: %d connections open, the limit",
+                settings.max_sockets,
+                extra={"socket": peer, "code": int(CloseCode.TRY_LATER)},
             )
             session.close(CloseCode.TRY_LATER, "server at capacity, retry later")
         sessions.add(session)  # closed with 1001 if shutdown began

@@ -138,7 +138,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 b"".join(self.frames).decode()
             except UnicodeDecodeError:
                 self.frames = []
-                log.info("closing a WebSocket that sent a text frame that is not UTF-8 (1007)")
+                log.info(
+                    "closing a WebSocket that sent a text frame that is not UTF-8 (1007)",
+                    extra=self._fields(CloseCode.INVALID_TEXT),
+                )
                 self._fail(CloseCode.INVALID_TEXT, "text frames must be UTF-8")
                 return
         super().send_receive_event_to_app()
@@ -150,6 +153,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         log.info(
             "closing a WebSocket whose message stayed unfinished for %gs (1008)",
             self.message_timeout_s,
+            extra=self._fields(CloseCode.POLICY),
         )
         self._fail(CloseCode.POLICY, "message not finished in time")
 
@@ -178,11 +182,17 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         log.info(
             "closing a WebSocket whose client accepted nothing for %gs (1013)",
             self.stall_timeout_s + self.grace_s,
+            extra=self._fields(CloseCode.TRY_LATER),
         )
         if self.close_sent:
             reset(self.transport)  # even its close frame cannot be sent
         else:
             self._fail(CloseCode.TRY_LATER, "accepted nothing for too long: reconnect and resume")
+
+    def _fields(self, code: CloseCode) -> dict[str, Any]:
+        """A log line's fields (LOG_FORMAT=json): the socket's peer and the close code."""
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else None
+        return {"socket": peer, "code": int(code)}
 
     # -- the end of the socket ----------------------------------------------------------------
 
