@@ -16,6 +16,7 @@ from tests.conftest import PYTHON, ROOT, service_env
 pytestmark = [pytest.mark.slow]
 
 
+@pytest.mark.timeout(450)
 @pytest.mark.parametrize(
     ("seed", "redis"),
     [(7, "one server"), (11, "cluster")],
