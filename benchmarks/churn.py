@@ -34,7 +34,7 @@ import httpx
 import orjson
 
 from benchmarks.chaos_producer import POLL_S
-from service.bench.harness import private_redis, proc_stats, running_stack
+from service.bench.harness import gateway_figures, private_redis, proc_stats, running_stack
 from service.bench.sseload import SseProtocol
 from service.bench.wsload import Received, WsProtocol, client_frame
 from service.config import Settings
@@ -46,15 +46,6 @@ MAX_LIFETIME_S = 30.0
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def metric(text: str, name: str) -> float:
-    """The sum of a metric's samples in a Prometheus text page."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and line[len(name)] in "{ "
-    )
 
 
 class Jobs:
@@ -167,16 +158,15 @@ class Connections:
 async def sample(
     base: str, gateway_pid: int, others: dict[str, int], redis: Any, connections: Connections
 ) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        page = (await http.get("/metrics")).text
+    figures = await gateway_figures(base)
     info: Any = await redis.info("clients")
     row = {
         "gateway_rss_mib": round(proc_stats(gateway_pid)[0], 1),
         "gateway_fds": open_fds(gateway_pid),
-        "gateway_tasks": metric(page, "resultcast_asyncio_tasks"),
-        "sockets": metric(page, "resultcast_streams_open"),
-        "watches": metric(page, "resultcast_watches_active"),
-        "paused": metric(page, "resultcast_watches_paused"),
+        "gateway_tasks": figures.get("resultcast_asyncio_tasks", 0.0),
+        "sockets": figures.get("resultcast_streams_open", 0.0),
+        "watches": figures.get("resultcast_watches_active", 0.0),
+        "paused": figures.get("resultcast_watches_paused", 0.0),
         "redis_clients": int(info["connected_clients"]),
         "client_connections": connections.open,
     }

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+def as_text(value: bytes | None) -> str | None:
+    """A run or replication id as text, for reports (`/admin/stats`)."""
+    return None if value is None else value.decode(errors="replace")
+
+
 @dataclass
 class ServerIdentity:
     """The Redis server this process reaches, as its connections last saw it.

@@ -42,7 +42,7 @@ from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
-from service.server_identity import info_field
+from service.server_identity import as_text, info_field
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,8 @@ class ShardedSource:
                     "node": name,
                     "connected": shard.connected,
                     "channels": len(shard.channels),
-                    "run_id": _text(shard.identity[0]) if shard.identity else None,
-                    "replication_id": _text(shard.identity[1]) if shard.identity else None,
+                    "run_id": as_text(shard.identity[0]) if shard.identity else None,
+                    "replication_id": as_text(shard.identity[1]) if shard.identity else None,
                 }
                 for name, shard in sorted(self._shards.items())
             ],
@@ -354,7 +354,3 @@ class ShardedSource:
                 task = asyncio.create_task(shard.stop())
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode(errors="replace")

@@ -18,6 +18,7 @@ from service.gateway.bearer import bearer_matches
 from service.gateway.errors import HTTPFailure
 from service.gateway.running import Gateway
 from service.model import ErrorCode
+from service.server_identity import as_text
 
 BUSIEST_JOBS = 20
 STARTED = time.monotonic()
@@ -48,12 +49,8 @@ def admin_stats(gateway: Gateway, request: Request) -> Response:
         **gateway.delivery.snapshot(BUSIEST_JOBS),
         "redis": {
             "circuit_open": gateway.factory.breaker.is_open,
-            "run_id": _text(identity.run_id) if identity else None,
-            "replication_id": _text(identity.replication_id) if identity else None,
+            "run_id": as_text(identity.run_id) if identity else None,
+            "replication_id": as_text(identity.replication_id) if identity else None,
         },
     }
     return Response(orjson.dumps(body), media_type="application/json")
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode(errors="replace")

@@ -18,7 +18,7 @@ from service.delivery.base import Delivery
 from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
 from service.gateway.running import Gateway
 from service.gateway.watches import Watches
-from service.gateway.ws_protocol import FAST_SEND_EXTENSION, FAST_TEXT
+from service.gateway.ws_protocol import FAST_SEND_EXTENSION, FAST_TEXT, peer_of
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ class WebSocketSession:
     __slots__ = (
         "__weakref__",
         "_close_deadline",
-        "_fast",
         "_last_read",
         "_loop",
         "_read_timeout",
@@ -63,10 +62,9 @@ class WebSocketSession:
         self.peer = peer  # the client's address, for log lines
         self._receive = receive
         self._send = send
-        self._fast = fast_send
         self._settings = settings
         self.watches = Watches(
-            self._send_text,
+            self._send_bytes if fast_send else self._send_text,
             self._send_close,
             close=self.close,
             delivery=delivery,
@@ -79,11 +77,12 @@ class WebSocketSession:
         self._loop = asyncio.get_running_loop()
         self._last_read = self._loop.time()
 
+    async def _send_bytes(self, frame: bytes) -> None:
+        """The stored UTF-8 bytes as they are: the server writes them (WEBSOCKET_SEND=fast)."""
+        await self._send({"type": "websocket.send", FAST_TEXT: frame})
+
     async def _send_text(self, frame: bytes) -> None:
-        if self._fast:  # the server writes the stored UTF-8 bytes as they are
-            await self._send({"type": "websocket.send", FAST_TEXT: frame})
-        else:
-            await self._send({"type": "websocket.send", "text": frame.decode()})
+        await self._send({"type": "websocket.send", "text": frame.decode()})
 
     async def _send_close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
@@ -177,8 +176,7 @@ class WebSocketEndpoint:
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
         fast = FAST_SEND_EXTENSION in scope.get("extensions", {})
-        client = scope.get("client")
-        peer = f"{client[0]}:{client[1]}" if client else None
+        peer = peer_of(scope.get("client"))
         session = WebSocketSession(
             receive, send, gateway.delivery, settings, stats, fast_send=fast, peer=peer
         )

@@ -59,6 +59,11 @@ _SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Str
 FIN_TEXT = 0x81
 
 
+def peer_of(client: Any) -> str | None:
+    """`host:port` of a connection's client (uvicorn's `client` tuple), for log lines."""
+    return f"{client[0]}:{client[1]}" if client else None
+
+
 def text_frame(payload: bytes) -> bytes:
     """A server's (unmasked) final text frame carrying `payload` (RFC 6455, 5.2)."""
     size = len(payload)
@@ -191,8 +196,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _fields(self, code: CloseCode) -> dict[str, Any]:
         """A log line's fields (LOG_FORMAT=json): the socket's peer and the close code."""
-        peer = f"{self.client[0]}:{self.client[1]}" if self.client else None
-        return {"socket": peer, "code": int(code)}
+        return {"socket": peer_of(self.client), "code": int(code)}
 
     # -- the end of the socket ----------------------------------------------------------------
 
