@@ -67,6 +67,7 @@ from service.bench.harness import Progress, proc_stats, raise_open_files_limit, 
 from service.config import DELIVERY_MODES, Settings
 from service.keys import Keys
 from service.local_redis import LocalCluster, RedisServer
+from service.memory import TRIM_INTERVAL_S
 from service.processes import SERVICE, spawn, stop
 from service.producer import AsyncProducer
 
@@ -582,8 +583,9 @@ async def drive(run: Run, base: str, faults: list[Fault], progress: Progress) ->
         await chaos
         for client in clients:
             client.result()  # raise what failed in the clients themselves
-    # Let every restarted process settle before its memory is read.
-    await asyncio.sleep(5)
+    # Memory is read once every process has settled and given back what it freed (the
+    # gateways and workers do that every TRIM_INTERVAL_S).
+    await asyncio.sleep(args.settle_s)
     final = run.rss_mib()
     statuses = await job_statuses(run)
     progress.done(f"{run.tally.events} events")
@@ -735,6 +737,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--fault-every-s", type=float, default=6.0)
     parser.add_argument("--drain-s", type=float, default=120.0, help="time for jobs to end")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=TRIM_INTERVAL_S + 5,
+        help="idle time after the load before memory is read",
+    )
     parser.add_argument("--cluster", action="store_true")
     parser.add_argument("--faults", help="only these kinds, comma-separated (default: all)")
     parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)

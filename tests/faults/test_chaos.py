@@ -26,7 +26,8 @@ def test_a_seeded_chaos_run_loses_and_repeats_nothing(
 ) -> None:
     figures = tmp_path / "chaos.json"
     args = ["--seed", str(seed), "--duration-s", "60", "--clients", "150"]
-    args += ["--fault-every-s", "4", "--drain-s", "90", "--out", str(tmp_path / "run")]
+    args += ["--fault-every-s", "4", "--drain-s", "90", "--settle-s", "5"]
+    args += ["--out", str(tmp_path / "run")]
     if redis == "cluster":
         args.append("--cluster")
     done = subprocess.run(
