@@ -1,10 +1,12 @@
 """resultcast against the alternatives, in one run: encode/broadcaster and python-socketio.
 
     python -m benchmarks.alternatives [--rounds 3] [--sockets 1000,100] [--rr-rounds 100]
-                                      [--burst 50] [--idle-s 20] [--json out.json]
+                                      [--burst 50] [--idle-s 20] [--systems a,b] [--no-pin]
+                                      [--json out.json]
 
 Each system is a server process under uvicorn on one Redis of its own (fresh for every
-round): resultcast's gateway (pubsub mode), an encode/broadcaster app (Redis backend) and a
+round): resultcast's gateway (pubsub mode; `resultcast-asgi` the same with
+WEBSOCKET_SEND=asgi, uvicorn's own send path), an encode/broadcaster app (Redis backend) and a
 python-socketio app (`AsyncRedisManager`), both in benchmarks/peers/. The same lean clients
 (one socket watching one job each) and the same raw pipelined writer serve all three; what
 one event costs Redis differs by design (resultcast stores it in the job's stream and
@@ -16,7 +18,9 @@ of the clients) and in per-job bursts (--burst events of one job, then the next)
 server's CPU per delivered event; at the largest count also idle memory per socket (the
 server's RSS growth over its empty state) and Redis commands per minute while every socket
 sits idle. Every socket must get every event once, in order. Systems alternate within each
-round; ratios are per round, and the summary gives medians.
+round; ratios are per round, and the summary gives medians. With two cores or more the
+server runs on a core of its own and everything else on the others (`--no-pin` to share):
+its CPU per event is then its own, whatever the load generator costs.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import redis.asyncio as redis
 from benchmarks.raw_writer import RESULTCAST_LINES, RawWriter, frame, resp, resultcast_event
 from service.bench.harness import (
     CommandCount,
+    Pinning,
     Progress,
     Stack,
     caught_up,
@@ -137,8 +142,9 @@ class System:
 
 
 @asynccontextmanager
-async def resultcast_server(redis_url: str) -> AsyncIterator[Server]:
-    async with running_stack(redis_url, "pubsub", {"MAX_SOCKETS": "20000"}) as stack:
+async def resultcast_server(redis_url: str, send: str = "fast") -> AsyncIterator[Server]:
+    env = {"MAX_SOCKETS": "20000", "WEBSOCKET_SEND": send}
+    async with running_stack(redis_url, "pubsub", env) as stack:
         yield Server(stack.base, stack.gateway_pid, redis_url)
 
 
@@ -234,6 +240,15 @@ SYSTEMS = [
         resultcast_event,
         RESULTCAST_LINES,
     ),
+    # The same gateway sending through uvicorn's own WebSocket code: the fast path's baseline.
+    System(
+        "resultcast-asgi",
+        lambda url: resultcast_server(url, "asgi"),
+        resultcast_jobs,
+        resultcast_open,
+        resultcast_event,
+        RESULTCAST_LINES,
+    ),
     System(
         "broadcaster",
         lambda url: uvicorn_server("benchmarks.peers.broadcaster_app:app", url),
@@ -306,9 +321,13 @@ async def _received(sink: Received, events: int, stall_s: float = 10.0) -> bool:
     return True
 
 
-async def measure(system: System, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+async def measure(
+    system: System, args: argparse.Namespace, progress: Progress, pinning: Pinning | None
+) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     async with private_redis(None) as url, system.start(url) as server:
+        if pinning is not None:
+            pinning.server_side(server.pid)
         empty_rss, _ = proc_stats(server.pid)
         for count in args.sockets:
             jobs = await system.jobs(server, count)
@@ -363,23 +382,36 @@ async def idle(server: Server, count: int, empty_rss: float, seconds: float) -> 
     }
 
 
+RATIO_FIGURES = ("events_per_s", "cpu_us_per_event")
+
+
 def ratios(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """resultcast over each peer per figure, the median of the per-round ratios."""
+    """Each resultcast variant over each other system ("a/b"), per figure: delivered
+    events/s and server CPU per event, the median of the per-round ratios."""
+    names = list(rounds[0])
+    ours = [n for n in names if n.startswith("resultcast")]
+    pairs = [
+        (a, b)
+        for a in ours
+        for b in names
+        if a != b and (b not in ours or ours.index(b) > ours.index(a))
+    ]
     out: dict[str, dict[str, float]] = {}
-    for peer in ("broadcaster", "socketio"):
+    for a, b in pairs:
         per_figure: dict[str, list[float]] = {}
         for r in rounds:
-            if "resultcast" not in r or peer not in r:
-                continue
-            ours, theirs = r["resultcast"], r[peer]
-            for key, value in ours.items():
+            for key, value in r[a].items():
                 if not key.startswith(("rr_", "burst_")):
                     continue
-                other = theirs[key]
-                if value["lost"] or other["lost"] or not other["events_per_s"]:
+                other = r[b][key]
+                if value["lost"] or other["lost"]:
                     continue  # a run that lost events has no rate to compare
-                per_figure.setdefault(key, []).append(value["events_per_s"] / other["events_per_s"])
-        out[peer] = {k: round(statistics.median(v), 2) for k, v in per_figure.items()}
+                for figure in RATIO_FIGURES:
+                    if other[figure]:
+                        per_figure.setdefault(f"{key}.{figure}", []).append(
+                            value[figure] / other[figure]
+                        )
+        out[f"{a}/{b}"] = {k: round(statistics.median(v), 2) for k, v in per_figure.items()}
     return out
 
 
@@ -404,11 +436,20 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--systems", default=",".join(s.name for s in SYSTEMS))
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the server on a core of its own, the clients and Redis on the others",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.sockets = [int(n) for n in args.sockets.split(",")]
     chosen = [s for s in SYSTEMS if s.name in args.systems.split(",")]
     raise_open_files_limit()
+    pinning = Pinning.split() if args.pin else None
+    if pinning is not None:
+        pinning.load_side()
     rounds: list[dict[str, dict[str, Any]]] = []
     progress = Progress("alternatives")
     for i in range(args.rounds):
@@ -416,7 +457,7 @@ async def main() -> None:
         order = chosen if i % 2 == 0 else chosen[::-1]
         results = {}
         for system in order:
-            results[system.name] = await measure(system, args, progress)
+            results[system.name] = await measure(system, args, progress, pinning)
             print(f"round {i + 1} {system.name}: {results[system.name]}", flush=True)
         rounds.append(results)
     progress.done()

@@ -1,18 +1,25 @@
 """Gateway load benchmark: throughput, latency, idle cost and catch-up of one gateway process.
 
 Everything real and separate: a private redis-server, the gateway and a worker as child
-processes, and this process as the load generator (service/bench/wsload.py).
+processes, and this process as the load generator (service/bench/wsload.py). With two cores
+or more the gateway runs on a core of its own and everything else on the others (`--no-pin`
+to share them), so its CPU per event or per connection is its own.
 
-    python -m benchmarks.gateway_load [--phases throughput,latency,idle,catchup] [--mode pubsub]
+    python -m benchmarks.gateway_load [--phases throughput,latency,roundrobin,connect,idle,catchup]
+                                      [--mode pubsub] [--no-pin]
 
 - throughput: --sockets 1000 sockets spread over --jobs 100 jobs, each emitting --events 500
   events as fast as the worker can; delivered events/s at the clients, and exactness.
-- latency: --latency-sockets 1000 sockets, one job each, one event per job per second
-  (1,000 events/s) for --latency-seconds 10; emit-to-receipt latency percentiles.
+- latency: --latency-sockets 1000 sockets, one job each, one event per job every
+  --latency-interval-ms 1000 (1,000 events/s; 200 gives 5,000) for --latency-seconds 10;
+  emit-to-receipt latency percentiles.
 - roundrobin: --rr-sockets 1000 sockets, one job each; this process writes one event of every
   job per round (stream entry, meta seq and notification, as raw pipelined commands), job
   after job, --rr-rounds times, at most --rr-window rounds ahead of the clients: delivered
   events/s when no job has more than one watcher.
+- connect: --connect-sockets 2000 clients, each opening a socket (upgrade, Origin) and
+  watching its own job (token, watch, catch-up) that has one stored event: the gateway's CPU
+  per connection from the first upgrade to the last client's event, and connections/s.
 - idle: --idle-sockets 10000 sockets, one silent job each, for --idle-seconds 30: gateway RSS,
   CPU, Redis commands (INFO commandstats) and Redis connections.
 - catchup: with the idle sockets open, one event per watched job is written to the streams
@@ -30,6 +37,7 @@ from typing import Any
 from benchmarks.raw_writer import RawWriter
 from service.bench.harness import (
     CommandCount,
+    Pinning,
     Stack,
     caught_up,
     close_all,
@@ -78,20 +86,24 @@ async def throughput(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     sink = Received()
     sockets = await open_sockets(stack.base, args.latency_sockets, sink, keep_seqs=True)
-    n = args.latency_seconds
+    interval_ms = args.latency_interval_ms
+    n = args.latency_seconds * 1000 // interval_ms
     with stack.worker(concurrency=args.latency_sockets + 8):
         await stack.kind_registered("tick")
-        # Every job starts in 5 s (spread over a second), once all watches are live.
-        payload = {"n": n, "interval_ms": 1000, "start_ns": start_after_setup(args.latency_sockets)}
+        # Every job starts once all watches are live, spread over one interval.
+        start_ns = start_after_setup(args.latency_sockets)
+        payload = {"n": n, "interval_ms": interval_ms, "start_ns": start_ns}
         jobs = await stack.submit_many("tick", payload, args.latency_sockets)
         await watch_all_live(sockets, jobs, sink)
-        await until(lambda: sink.events >= args.latency_sockets * (n + 1), n + 60)
+        await until(
+            lambda: sink.events >= args.latency_sockets * (n + 1), args.latency_seconds + 60
+        )
     exact = in_order(sockets, list(range(1, n + 2)))
     await close_all(sockets)
     lat = sink.latencies_ns
     return {
         "events": sink.events,
-        "rate_per_s": args.latency_sockets,
+        "rate_per_s": args.latency_sockets * 1000 // interval_ms,
         "p50_ms": percentile_ms(lat, 50),
         "p95_ms": percentile_ms(lat, 95),
         "p99_ms": percentile_ms(lat, 99),
@@ -139,6 +151,33 @@ async def round_robin(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "gateway_cpu_us_per_event": round(
             (cpu_after - cpu_before) / (args.rr_rounds * count) * 1e6, 1
         ),
+        "exact": exact,
+    }
+
+
+async def connect(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """What one connection costs the gateway from its upgrade to its first event."""
+    count = args.connect_sockets
+    jobs = await stack.submit_many("echo", {}, count)  # no worker: this process writes
+    await write_first_events(stack.client, [job for job, _ in jobs], "{}", publish=False)
+    sink = Received()
+    _, cpu_before = proc_stats(stack.gateway_pid)
+    started = time.perf_counter()
+    sockets: list[Any] = []
+    for start in range(0, count, 200):  # as open_sockets does: the accept queue stays short
+        batch = await open_sockets(stack.base, min(200, count - start), sink, keep_seqs=True)
+        watch_all(batch, jobs[start : start + len(batch)])
+        sockets += batch
+    await until(lambda: sink.events >= count, 120, step_s=0.0005)
+    seconds = time.perf_counter() - started
+    _, cpu_after = proc_stats(stack.gateway_pid)
+    exact = in_order(sockets, [1])
+    await close_all(sockets)
+    return {
+        "connections": count,
+        "seconds": round(seconds, 3),
+        "connections_per_s": round(count / seconds),
+        "gateway_cpu_us_per_connection": round((cpu_after - cpu_before) / count * 1e6, 1),
         "exact": exact,
     }
 
@@ -199,28 +238,38 @@ async def idle_and_catch_up(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description="resultcast gateway load benchmark")
-    parser.add_argument("--phases", default="throughput,latency,roundrobin,idle,catchup")
+    parser.add_argument("--phases", default="throughput,latency,roundrobin,connect,idle,catchup")
     parser.add_argument("--mode", default="pubsub", choices=DELIVERY_MODES)
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--latency-sockets", type=int, default=1000)
     parser.add_argument("--latency-seconds", type=int, default=10)
+    parser.add_argument("--latency-interval-ms", type=int, default=1000)
     parser.add_argument("--rr-sockets", type=int, default=1000)
     parser.add_argument("--rr-rounds", type=int, default=300)
     parser.add_argument("--rr-window", type=int, default=20)
+    parser.add_argument("--connect-sockets", type=int, default=2000)
     parser.add_argument("--idle-sockets", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     raise_open_files_limit()
+    pinning = Pinning.split() if args.pin else None
+    if pinning is not None:
+        pinning.load_side()
     async with private_redis(None) as url, running_stack(url, args.mode) as stack:
+        if pinning is not None:
+            pinning.server_side(stack.gateway_pid)
         if "throughput" in phases:
             print("throughput", await throughput(stack, args), flush=True)
         if "latency" in phases:
             print("latency", await latency(stack, args), flush=True)
         if "roundrobin" in phases:
             print("roundrobin", await round_robin(stack, args), flush=True)
+        if "connect" in phases:
+            print("connect", await connect(stack, args), flush=True)
         if phases & {"idle", "catchup"}:
             for name, figures in (await idle_and_catch_up(stack, args, phases)).items():
                 print(name, figures, flush=True)

@@ -124,6 +124,33 @@ def raise_open_files_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """The server under test on a core of its own, everything else (this load generator,
+    Redis, workers: children inherit it) on the others, so that its CPU per event is its own
+    and not the share the load generator leaves it."""
+
+    server: set[int]
+    rest: set[int]
+
+    @classmethod
+    def split(cls) -> Pinning | None:
+        """The last core for the server; None on a machine with fewer than two."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return None
+        return cls({cpus[-1]}, set(cpus[:-1]))
+
+    def load_side(self) -> None:
+        """This process, and every process it starts from now on, on the other cores."""
+        os.sched_setaffinity(0, self.rest)
+
+    def server_side(self, pid: int) -> None:
+        """Every thread of process `pid` (and the threads it starts later) on the server's core."""
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), self.server)
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(RSS in MiB, CPU seconds) of a process, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
