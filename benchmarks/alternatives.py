@@ -14,8 +14,9 @@ publishes it; the others only publish).
 
 Per round and system, for each socket count: delivered events/s with frames written
 round-robin (one event of every job per round, --rr-rounds rounds, at most 20 rounds ahead
-of the clients) and in per-job bursts (--burst events of one job, then the next), the
-server's CPU per delivered event; at the largest count also idle memory per socket (the
+of the clients) and in per-job bursts (--burst events of one job, then the next), both
+scaled up for fewer sockets so that every phase delivers as many events, and the server's
+CPU per delivered event; at the largest count also idle memory per socket (the
 server's RSS growth over its empty state) and Redis commands per minute while every socket
 sits idle. Every socket must get every event once, in order. Systems alternate within each
 round; ratios are per round, and the summary gives medians. With two cores or more the
@@ -338,12 +339,16 @@ async def measure(
             if count == max(args.sockets):
                 figures["idle"] = await idle(server, count, empty_rss, args.idle_s)
             progress.show(0.5, f"{system.name} {count} sockets")
-            rr = [[(job, seq) for job in names] for seq in range(1, args.rr_rounds + 1)]
-            first = args.rr_rounds + 1
-            bursts = [[(job, seq) for seq in range(first, first + args.burst)] for job in names]
+            # Fewer sockets get more rounds (longer bursts): every phase delivers as many
+            # events, so each figure rests on as much CPU time.
+            scale = max(args.sockets) // count
+            rounds, burst = args.rr_rounds * scale, args.burst * scale
+            rr = [[(job, seq) for job in names] for seq in range(1, rounds + 1)]
+            first = rounds + 1
+            bursts = [[(job, seq) for seq in range(first, first + burst)] for job in names]
             figures[f"rr_{count}"] = await deliver(server, system, sink, rr)
             figures[f"burst_{count}"] = await deliver(server, system, sink, bursts)
-            expected = list(range(1, first + args.burst))
+            expected = list(range(1, first + burst))
             figures[f"exact_{count}"] = all(
                 s.seqs and all(v == expected for v in s.seqs.values()) for s in sockets
             )

@@ -51,6 +51,9 @@ class Close:
 
 SendFrame = Callable[[bytes], Coroutine[Any, Any, None]]
 SendClose = Callable[[int, str], Coroutine[Any, Any, None]]
+# Writes a frame in the caller's step if the connection takes it without waiting, else False
+# (the server's fast path, when it has one): no coroutine, no queue entry per frame.
+WriteNow = Callable[[bytes], bool]
 
 
 class Outbox:
@@ -75,6 +78,7 @@ class Outbox:
         "_stall_s",
         "_stall_timer",
         "_stats",
+        "_write_now",
         "_writer",
         "close_code",
         "last_sent_at",
@@ -90,8 +94,10 @@ class Outbox:
         stats: GatewayStats,
         on_drained: Callable[[], None],
         on_stalled: Callable[[], None],
+        write_now: WriteNow | None = None,
     ) -> None:
         self._send_frame = send_frame
+        self._write_now = write_now
         self._send_close = send_close
         self._limit = limit_bytes
         self._resume_at = limit_bytes // 2
@@ -119,9 +125,7 @@ class Outbox:
             self._owed = not self._closing
             return False
         self._stats.events_delivered += 1
-        self._queue.append(frame)
-        self._backlog += len(frame)
-        self._kick()
+        self._queue_or_write(frame)
         return True
 
     def room(self) -> int:
@@ -140,6 +144,19 @@ class Outbox:
     def put(self, frame: bytes) -> None:
         """Queue a reply (not an event): always taken, outside flow control."""
         if self._closing:
+            return
+        self._queue_or_write(frame)
+
+    def _queue_or_write(self, frame: bytes) -> None:
+        write_now = self._write_now
+        if (
+            write_now is not None
+            and not self._queue
+            and self._writer is None
+            and not self._sending
+            and write_now(frame)
+        ):
+            self._sent(frame)
             return
         self._queue.append(frame)
         self._backlog += len(frame)
@@ -226,11 +243,15 @@ class Outbox:
         than the frame; the first send that must wait goes on in a task, which sends the
         rest in order.
         """
-        queue = self._queue
+        queue, write_now = self._queue, self._write_now
         self._sending = True
         try:
             while queue and self._writer is None:
                 item = queue.popleft()
+                if write_now is not None and type(item) is bytes and write_now(item):
+                    self._backlog -= len(item)
+                    self._sent(item)
+                    continue
                 try:
                     pending = run_eagerly(self._start_send(item))
                 except Exception as e:

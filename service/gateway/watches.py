@@ -16,7 +16,7 @@ from collections.abc import Callable
 from service import codec, tokens
 from service.config import Settings
 from service.delivery.base import Delivery
-from service.gateway.outbox import Outbox, SendClose, SendFrame
+from service.gateway.outbox import Outbox, SendClose, SendFrame, WriteNow
 from service.gateway.protocol import BadFrame, CloseCode, PingOp, UnwatchOp, WatchOp, parse
 from service.model import ErrorCode
 from service.stats import GatewayStats
@@ -53,6 +53,7 @@ class Watches:
         delivery: Delivery,
         settings: Settings,
         stats: GatewayStats,
+        write_now: WriteNow | None = None,
     ) -> None:
         self._close = close
         self._delivery = delivery
@@ -66,6 +67,7 @@ class Watches:
             stats=stats,
             on_drained=self._drained,
             on_stalled=self._stalled,
+            write_now=write_now,
         )
         self.watching: set[str] = set()
         self._bad_frames: deque[float] | None = None

@@ -18,7 +18,7 @@ from service.delivery.base import Delivery
 from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
 from service.gateway.running import Gateway
 from service.gateway.watches import Watches
-from service.gateway.ws_protocol import FAST_SEND_EXTENSION, FAST_TEXT, peer_of
+from service.gateway.ws_protocol import FAST_SEND_EXTENSION, FAST_TEXT, WRITE_NOW, peer_of
 from service.stats import GatewayStats
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class WebSocketSession:
         settings: Settings,
         stats: GatewayStats,
         *,
-        fast_send: bool = False,
+        fast_send: dict[str, Any] | None = None,
         peer: str | None = None,
     ) -> None:
         self.peer = peer  # the client's address, for log lines
@@ -64,12 +64,13 @@ class WebSocketSession:
         self._send = send
         self._settings = settings
         self.watches = Watches(
-            self._send_bytes if fast_send else self._send_text,
+            self._send_text if fast_send is None else self._send_bytes,
             self._send_close,
             close=self.close,
             delivery=delivery,
             settings=settings,
             stats=stats,
+            write_now=None if fast_send is None else fast_send.get(WRITE_NOW),
         )
         self.outbox = self.watches.outbox  # what waits for this client, and its writer
         self._read_timeout: asyncio.Timeout | None = None
@@ -175,7 +176,8 @@ class WebSocketEndpoint:
         gateway = self._gateway()
         settings, stats, sessions = gateway.settings, gateway.stats, gateway.sessions
         await send({"type": "websocket.accept"})
-        fast = FAST_SEND_EXTENSION in scope.get("extensions", {})
+        # The server's fast send path, when it offers one (ours, under WEBSOCKET_SEND=fast).
+        fast = (scope.get("extensions") or {}).get(FAST_SEND_EXTENSION)
         peer = peer_of(scope.get("client"))
         session = WebSocketSession(
             receive, send, gateway.delivery, settings, stats, fast_send=fast, peer=peer

@@ -20,9 +20,10 @@ What uvicorn's `websockets-sansio` protocol does below the application, and what
   with a traceback.
 - With `WEBSOCKET_SEND=fast` (the default) an event frame is written as it is: the session
   hands over the UTF-8 bytes the emit script stored (`FAST_TEXT`, offered through the scope
-  extension `FAST_SEND_EXTENSION`), and while the connection is open, nothing of the
-  protocol's own waits to be sent, writing is not paused and no extension was negotiated,
-  the frame header and payload go out in one transport write. Everything else (handshake,
+  extension `FAST_SEND_EXTENSION`, or synchronously through its `write_now`), and while the
+  connection is open, nothing of the protocol's own waits to be sent, writing is not paused
+  and no extension was negotiated, the frame header and payload go out in one transport
+  write. Everything else (handshake,
   pings, the close handshake, back-pressure, a negotiated `permessage-deflate`) goes through
   uvicorn's own code, which decodes, re-encodes and serialises each frame through websockets'
   `Frame` (about four copies of the payload).
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 # they are: send `{"type": "websocket.send", FAST_TEXT: <bytes>}` instead of `"text"`.
 FAST_SEND_EXTENSION = "resultcast.send_text_bytes"
 FAST_TEXT = "resultcast.text_bytes"
+# In that extension: the protocol's `write_text_now`, for a session that sends synchronously.
+WRITE_NOW = "write_now"
 _SHORT, _MEDIUM, _LONG = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
 FIN_TEXT = 0x81
 
@@ -94,13 +97,12 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if self.fast_send and scope is not None:
-            scope["extensions"][FAST_SEND_EXTENSION] = {}
+            scope["extensions"][FAST_SEND_EXTENSION] = {WRITE_NOW: self.write_text_now}
 
-    async def send(self, message: Any) -> None:
-        data = message.get(FAST_TEXT)
-        if data is None:
-            await super().send(message)
-            return
+    def write_text_now(self, data: bytes) -> bool:
+        """Write a text frame of `data` (UTF-8) in this very step, if the connection is open
+        and nothing of the protocol's own must go first; False: not written, send it the
+        ordinary way. Synchronous: the session's sends cost no coroutine per frame."""
         conn = self.conn
         if (
             self.writable.is_set()
@@ -114,8 +116,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             and not conn.expect_continuation_frame
         ):
             self.transport.write(text_frame(data))
-            return
-        await super().send({"type": "websocket.send", "text": bytes(data).decode()})
+            return True
+        return False
+
+    async def send(self, message: Any) -> None:
+        data = message.get(FAST_TEXT)
+        if data is None:
+            await super().send(message)
+        elif not self.write_text_now(data):
+            await super().send({"type": "websocket.send", "text": bytes(data).decode()})
 
     # -- what the client sends ----------------------------------------------------------------
 
@@ -208,6 +217,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._drop_later(0.0 if not self.writable.is_set() else self.grace_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the protocol is no longer reachable from its session
+            scope["extensions"].pop(FAST_SEND_EXTENSION, None)
         self._unfinished = cancelled(self._unfinished)
         self._stall = cancelled(self._stall)
         self._drop = cancelled(self._drop)
