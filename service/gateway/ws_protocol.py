@@ -23,10 +23,13 @@ What uvicorn's `websockets-sansio` protocol does below the application, and what
   extension `FAST_SEND_EXTENSION`, or synchronously through its `write_now`), and while the
   connection is open, nothing of the protocol's own waits to be sent, writing is not paused
   and no extension was negotiated, the frame header and payload go out in one transport
-  write. Everything else (handshake,
-  pings, the close handshake, back-pressure, a negotiated `permessage-deflate`) goes through
-  uvicorn's own code, which decodes, re-encodes and serialises each frame through websockets'
-  `Frame` (about four copies of the payload).
+  write. A socket's first frame in an event-loop step is written at once; the ones after it
+  in the same step (a burst of one job, a catch-up page) are held and written together when
+  the step ends, one system call for all (`Writes`, `Steps`), and every other write on the
+  connection sends them first. Everything else (handshake, pings, the close handshake,
+  back-pressure, a negotiated `permessage-deflate`) goes through uvicorn's own code, which
+  decodes, re-encodes and serialises each frame through websockets' `Frame` (about four
+  copies of the payload).
 
 It relies on attributes of uvicorn's class (`conn`, `frames`, `writable`, `close_sent`,
 `transport`, `handshake_complete`, `initial_response`, `scope`) and of `websockets`'
@@ -41,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
@@ -69,12 +72,80 @@ def peer_of(client: Any) -> str | None:
 
 def text_frame(payload: bytes) -> bytes:
     """A server's (unmasked) final text frame carrying `payload` (RFC 6455, 5.2)."""
-    size = len(payload)
+    return frame_head(len(payload)) + payload
+
+
+def frame_head(size: int) -> bytes:
+    """The head of a server's final text frame of `size` bytes."""
     if size < 126:
-        return _SHORT.pack(FIN_TEXT, size) + payload
+        return _SHORT.pack(FIN_TEXT, size)
     if size < 65536:
-        return _MEDIUM.pack(FIN_TEXT, 126, size) + payload
-    return _LONG.pack(FIN_TEXT, 127, size) + payload
+        return _MEDIUM.pack(FIN_TEXT, 126, size)
+    return _LONG.pack(FIN_TEXT, 127, size)
+
+
+class Writes:
+    """The connection's transport, as the protocol and uvicorn see it: frames the fast path
+    holds back wait here, and every other write (uvicorn's sends, pongs, the close) sends
+    them first, so nothing overtakes them."""
+
+    __slots__ = ("held", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if self.held:
+            self.flush()
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        if held and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held = []
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class Steps:
+    """Marks the event loop's steps for the fast path, per loop: a socket's first frame in a
+    step is written at once, the frames after it in the same step (a burst of one job, a
+    catch-up page) are held and written together when the step ends, one system call for
+    all of them rather than one each."""
+
+    __slots__ = ("_held", "_loop", "_scheduled", "step")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[Writes] = []
+        self._scheduled = False
+        self.step = 0
+
+    def seen(self) -> None:
+        """A frame was written in this step: make sure the step gets an end."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._end)
+
+    def hold(self, writes: Writes) -> None:
+        self._held.append(writes)
+
+    def _end(self) -> None:
+        self._scheduled = False
+        self.step += 1
+        held, self._held = self._held, []
+        for writes in held:
+            writes.flush()
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -85,11 +156,22 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     grace_s = 5.0
     fast_send = True
 
+    _steps: Steps | None = None  # per class (a gateway's), made for its loop
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unfinished: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._drop: asyncio.TimerHandle | None = None
+        self._writes: Writes | None = None
+        self._last_step = -1  # the step this socket's last fast frame was written in
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        writes = self._writes = Writes(cast(asyncio.Transport, transport))
+        super().connection_made(cast(asyncio.BaseTransport, writes))
+        steps = type(self)._steps
+        if steps is None or steps._loop is not self.loop:
+            type(self)._steps = Steps(self.loop)
 
     # -- what the application sends -----------------------------------------------------------
 
@@ -115,7 +197,16 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             and not conn.extensions
             and not conn.expect_continuation_frame
         ):
-            self.transport.write(text_frame(data))
+            writes, steps = self._writes, self._steps
+            assert writes is not None and steps is not None
+            if self._last_step != steps.step:
+                self._last_step = steps.step
+                steps.seen()
+                writes.write(text_frame(data))
+            else:  # a second frame in this step: held, and written with the rest at its end
+                if not writes.held:
+                    steps.hold(writes)
+                writes.held += (frame_head(len(data)), data)
             return True
         return False
 
