@@ -25,6 +25,15 @@ async def connection() -> AsyncIterator[tuple[Writes, socket.socket]]:
     theirs.close()
 
 
+def holding(writes: Writes, *frames: bytes) -> Steps:
+    """A step under way in which `frames` were held back on `writes`, as the fast path does."""
+    steps = Steps(asyncio.get_running_loop())
+    steps.seen()
+    steps.hold(writes)
+    writes.held += frames
+    return steps
+
+
 def received(sock: socket.socket) -> bytes:
     try:
         return sock.recv(1 << 16)
@@ -36,11 +45,8 @@ async def test_held_frames_go_out_at_the_end_of_the_step_in_order(
     connection: tuple[Writes, socket.socket],
 ) -> None:
     writes, far = connection
-    steps = Steps(asyncio.get_running_loop())
-    steps.seen()
     writes.write(b"A")
-    steps.hold(writes)
-    writes.held += (b"B", b"C")
+    steps = holding(writes, b"B", b"C")
     assert received(far) == b"A"  # the held ones wait for the step's end
     first_step = steps.step
     await asyncio.sleep(0)  # the step ends
@@ -59,10 +65,7 @@ async def test_any_other_write_sends_the_held_frames_first(
     connection: tuple[Writes, socket.socket],
 ) -> None:
     writes, far = connection
-    steps = Steps(asyncio.get_running_loop())
-    steps.seen()
-    steps.hold(writes)
-    writes.held += (text_frame(b"1"), text_frame(b"2"))
+    holding(writes, text_frame(b"1"), text_frame(b"2"))
     writes.write(b"pong")  # what uvicorn writes itself: a pong, a close, a fallback send
     assert received(far) == text_frame(b"1") + text_frame(b"2") + b"pong"
     await asyncio.sleep(0)
@@ -73,10 +76,7 @@ async def test_held_frames_of_a_closed_connection_are_dropped(
     connection: tuple[Writes, socket.socket],
 ) -> None:
     writes, _far = connection
-    steps = Steps(asyncio.get_running_loop())
-    steps.seen()
-    steps.hold(writes)
-    writes.held.append(b"late")
+    holding(writes, b"late")
     writes.abort()
     await asyncio.sleep(0)
     assert not writes.held
