@@ -19,8 +19,11 @@ import ctypes.util
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import cache
+
+from service.aio import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,16 @@ def release_free_memory() -> int | None:
         (time.perf_counter() - started) * 1000,
     )
     return given
+
+
+@asynccontextmanager
+async def releasing_free_memory() -> AsyncIterator[None]:
+    """For a process's life: `release_free_memory_every` in a task of its own."""
+    task = asyncio.create_task(release_free_memory_every(), name="memory")
+    try:
+        yield
+    finally:
+        await stop_tasks([task])
 
 
 async def release_free_memory_every(interval_s: float = TRIM_INTERVAL_S) -> None:

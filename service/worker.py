@@ -34,7 +34,7 @@ from service.config import Settings
 from service.handlers import Handler, Job, JobFailed, time_limit_s
 from service.keys import WORKERS_GROUP, Keys
 from service.maintenance import run_maintenance, sample_queue
-from service.memory import release_free_memory_every
+from service.memory import releasing_free_memory
 from service.metrics import QueueDepth, WorkerCollector
 from service.migrate import migrate, require_layout
 from service.model import EventKind, JobStatus
@@ -544,8 +544,5 @@ async def run_worker(
 
         start_http_server(metrics_port, registry=registry_with(worker.collector()))
         log.info("worker metrics on :%d/metrics", metrics_port)
-    memory = asyncio.create_task(release_free_memory_every(), name="memory")
-    try:
+    async with releasing_free_memory():
         await worker.run(stop)
-    finally:
-        await stop_tasks([memory])

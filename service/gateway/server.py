@@ -8,14 +8,13 @@ import socket
 
 import uvicorn
 
-from service.aio import stop_tasks
 from service.config import Settings
 from service.gateway.app import GatewayApp, create_app
 from service.gateway.http_protocol import guarded_http_protocol
 from service.gateway.sessions import Sessions
 from service.gateway.ws_protocol import guarded_ws_protocol
 from service.keys import Keys
-from service.memory import release_free_memory_every
+from service.memory import releasing_free_memory
 from service.migrate import require_layout
 from service.redis_client import RedisFactory, redis_errors
 
@@ -80,11 +79,8 @@ class GatewayServer(uvicorn.Server):
         self._send_buffer_bytes = send_buffer_bytes
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        memory = asyncio.create_task(release_free_memory_every(), name="memory")
-        try:
+        async with releasing_free_memory():
             await self._serve_listening(sockets)
-        finally:
-            await stop_tasks([memory])
 
     async def _serve_listening(self, sockets: list[socket.socket] | None) -> None:
         if sockets is not None or not self._send_buffer_bytes:

@@ -72,11 +72,12 @@ def peer_of(client: Any) -> str | None:
 
 def text_frame(payload: bytes) -> bytes:
     """A server's (unmasked) final text frame carrying `payload` (RFC 6455, 5.2)."""
-    return frame_head(len(payload)) + payload
+    return text_frame_header(len(payload)) + payload
 
 
-def frame_head(size: int) -> bytes:
-    """The head of a server's final text frame of `size` bytes."""
+def text_frame_header(size: int) -> bytes:
+    """The header of a server's final text frame of `size` bytes (not `codec.frame_head`,
+    which reads an event's seq and kind)."""
     if size < 126:
         return _SHORT.pack(FIN_TEXT, size)
     if size < 65536:
@@ -123,10 +124,10 @@ class Steps:
     catch-up page) are held and written together when the step ends, one system call for
     all of them rather than one each."""
 
-    __slots__ = ("_held", "_loop", "_scheduled", "step")
+    __slots__ = ("_held", "_scheduled", "loop", "step")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._held: list[Writes] = []
         self._scheduled = False
         self.step = 0
@@ -135,7 +136,7 @@ class Steps:
         """A frame was written in this step: make sure the step gets an end."""
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._end)
+            self.loop.call_soon(self._end)
 
     def hold(self, writes: Writes) -> None:
         self._held.append(writes)
@@ -170,7 +171,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         writes = self._writes = Writes(cast(asyncio.Transport, transport))
         super().connection_made(cast(asyncio.BaseTransport, writes))
         steps = type(self)._steps
-        if steps is None or steps._loop is not self.loop:
+        if steps is None or steps.loop is not self.loop:
             type(self)._steps = Steps(self.loop)
 
     # -- what the application sends -----------------------------------------------------------
@@ -206,7 +207,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             else:  # a second frame in this step: held, and written with the rest at its end
                 if not writes.held:
                     steps.hold(writes)
-                writes.held += (frame_head(len(data)), data)
+                writes.held += (text_frame_header(len(data)), data)
             return True
         return False
 
@@ -309,7 +310,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         scope = getattr(self, "scope", None)
-        if scope is not None:  # the protocol is no longer reachable from its session
+        if scope is not None:  # no cycle scope -> write_text_now -> protocol left to collect
             scope["extensions"].pop(FAST_SEND_EXTENSION, None)
         self._unfinished = cancelled(self._unfinished)
         self._stall = cancelled(self._stall)
