@@ -9,6 +9,14 @@ restarts went from 61 to 159 MiB with its Python objects back where they were; o
 same reason. The gateway and the worker call it every TRIM_INTERVAL_S; a library user's
 process (the producer) is left to its owner. Elsewhere (musl, macOS) there is nothing to
 call and this does nothing.
+
+Large blocks (an HTTP body of a large job, a large event's frame, a catch-up page) are
+another matter: once one such block has been freed, glibc serves the next ones from the heap
+too (its mmap threshold rises to the largest block freed, up to 32 MiB), so 20 clients that
+never read a 4 MB answer left a gateway 12 to 56 MiB above its baseline after they had gone,
+until the next trim. With the threshold fixed at LARGE_BLOCK_BYTES every such block has pages
+of its own, given back the moment it is freed: measured, 0.4 to 2.9 MiB left, for 0.1 s more
+CPU over the 80 MB.
 """
 
 from __future__ import annotations
@@ -28,20 +36,37 @@ from service.aio import stop_tasks
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 30.0
+LARGE_BLOCK_BYTES = 256 * 2**10
+M_MMAP_THRESHOLD = -3  # mallopt's parameter, from glibc's malloc.h
 # Less than this given back is the allocator's ordinary slack, not worth a line at INFO.
 NOTABLE_BYTES = 16 * 2**20
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        libc = ctypes.CDLL(name)
+    except OSError:
         return None
-    return trim
+    glibc = hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")
+    return libc if glibc else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = _glibc()
+    return None if libc is None else libc.malloc_trim
+
+
+def give_back_large_blocks_when_freed() -> bool:
+    """Fix glibc's mmap threshold at LARGE_BLOCK_BYTES (see above), unless the operator set
+    MALLOC_MMAP_THRESHOLD_ already; whether it was set."""
+    libc = _glibc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES))
 
 
 def resident_bytes() -> int | None:
@@ -77,7 +102,9 @@ def release_free_memory() -> int | None:
 
 @asynccontextmanager
 async def releasing_free_memory() -> AsyncIterator[None]:
-    """For a process's life: `release_free_memory_every` in a task of its own."""
+    """For a process's life: large blocks given back when freed, and
+    `release_free_memory_every` in a task of its own."""
+    give_back_large_blocks_when_freed()
     task = asyncio.create_task(release_free_memory_every(), name="memory")
     try:
         yield
