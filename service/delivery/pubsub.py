@@ -27,6 +27,7 @@ import redis.asyncio as redis
 from service.aio import stop_tasks
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
+from service.delivery.replies import NOT_ENOUGH_DATA, Replies
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.model import RedisUnavailable
@@ -118,14 +119,19 @@ class PatternSubscriber:
             self._on_subscribed()
             # From here on, read the connection itself: PubSub's per-message layers (health
             # check, retry, reconnect-and-resubscribe) cost a fifth of a busy gateway's CPU,
-            # and a lost connection is ours to handle (the supervisor reconnects and catches up).
+            # the connection's own a tenth (service.delivery.replies), and a lost connection
+            # is ours to handle (the supervisor reconnects and catches up).
             connection = pubsub.connection
             if connection is None:
                 raise ConnectionError("the subscriber connection went away")
-            read = connection.read_response
+            replies = Replies(connection)
+            next_reply, receive = replies.next, replies.receive
             handled = 0
             while True:
-                reply = await read(disconnect_on_error=False)
+                reply = next_reply()
+                if reply is NOT_ENOUGH_DATA:
+                    await receive()
+                    continue
                 handled += 1
                 if handled % YIELD_EVERY == 0:
                     # Replies already buffered are parsed without awaiting I/O: let the

@@ -40,6 +40,7 @@ from service.aio import stop_tasks
 from service.backoff import retry_delay_s
 from service.config import Settings
 from service.delivery.base import CatchUpCause, LiveSink
+from service.delivery.replies import NOT_ENOUGH_DATA, Replies
 from service.delivery.supervise import restart_forever
 from service.keys import Keys
 from service.server_identity import as_text, info_field
@@ -135,16 +136,21 @@ class Shard:
             commands = [("SSUBSCRIBE", channel) for channel in self.channels]
             await connection.send_packed_command(connection.pack_commands(commands))
         writer = asyncio.create_task(self._write(connection), name=f"shard-{self.name}-writer")
+        replies = Replies(connection)
+        next_reply, receive = replies.next, replies.receive
         try:
             while True:
                 try:
-                    reply: Any = await connection.read_response(disconnect_on_error=False)
+                    reply: Any = next_reply()
                 except ResponseError as e:
                     # MOVED and the like: this node no longer serves some channel.
                     log.info("shard %s refused a subscription (%s); re-reading slots", self.name, e)
                     self._source.topology_changed()
                     continue
-                self._handle(reply)
+                if reply is NOT_ENOUGH_DATA:
+                    await receive()
+                else:
+                    self._handle(reply)
         finally:
             await stop_tasks([writer])
 
