@@ -103,6 +103,35 @@ async def gateway_figures(base: str) -> dict[str, float]:
     return figures
 
 
+async def send_latency_buckets(base: str) -> dict[float, float]:
+    """The gateway's own emit-to-send latency (`resultcast_delivery_latency_seconds`, one send
+    in 8): cumulative counts by upper bound in ms, summed over modes."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        text = (await http.get("/metrics")).text
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("resultcast_delivery_latency_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            bound_ms = float("inf") if bound == "+Inf" else float(bound) * 1000
+            buckets[bound_ms] = buckets.get(bound_ms, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def send_latency_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """What the gateway itself measured between two readings: the share of sends within 10 ms
+    of the emit, and the bucket that holds its p99 (an upper bound)."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {"sends_timed": 0}
+    p99_bound = next(bound for bound, count in counts.items() if count >= 0.99 * total)
+    return {
+        "sends_timed": int(total),
+        "within_10ms": counts.get(10.0, 0.0) / total,
+        "p99_at_most_ms": p99_bound,
+    }
+
+
 async def caught_up(base: str, timeout_s: float = 120.0) -> None:
     """Until the gateway has no catch-up left to do (its `resultcast_catch_up_backlog`)."""
     deadline = time.monotonic() + timeout_s

@@ -41,6 +41,7 @@ class Received:
     frames: int = 0
     events: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    emitted_ns: list[int] = field(default_factory=list)  # each timed event's emit time
     # Latency counts only events emitted once every watch was live: earlier ones reach their
     # socket by catch-up when the watch starts, which says how long setup took, not delivery.
     live_from_ns: int = 0
@@ -166,6 +167,7 @@ class WsProtocol(asyncio.Protocol):
                 if isinstance(data, dict) and "t_ns" in data:
                     if data["t_ns"] >= sink.live_from_ns:
                         sink.latencies_ns.append(time.time_ns() - data["t_ns"])
+                        sink.emitted_ns.append(data["t_ns"])
                     else:
                         sink.before_live += 1
         if self._on_frame is not None:
