@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from service.aio import stop_tasks
 from service.backoff import reconnect_delay_s, retry_delay_s
 from service.config import Settings
+from service.gc_pauses import freeze_what_startup_made
 from service.handlers import Handler, Job, JobFailed, time_limit_s
 from service.keys import WORKERS_GROUP, Keys
 from service.maintenance import run_maintenance, sample_queue
@@ -544,5 +545,6 @@ async def run_worker(
 
         start_http_server(metrics_port, registry=registry_with(worker.collector()))
         log.info("worker metrics on :%d/metrics", metrics_port)
+    freeze_what_startup_made()
     async with releasing_free_memory():
         await worker.run(stop)
