@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -48,15 +48,9 @@ class FrameError(ValueError):
     """Bytes that are not an event frame."""
 
 
-class FrameHead(NamedTuple):
-    """What the hub needs of a frame (a tuple: it is made for every frame delivered)."""
-
-    seq: int
-    kind: EventKind
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind is not EventKind.DATA
+# What the hub needs of a frame, seq and kind: a plain tuple, made for every frame delivered
+# (a NamedTuple's constructor and a property cost 0.35 µs more per frame).
+FrameHead = tuple[int, EventKind]
 
 
 def encode(value: Any) -> bytes:
@@ -84,9 +78,10 @@ def frame_head(frame: bytes) -> FrameHead:
     """Seq and kind of an event frame; FrameError for anything else."""
     match = _HEAD.match(frame)
     if match is not None:
-        return FrameHead(int(match[1]), _KINDS[match[2]])
+        seq, kind = match.groups()
+        return int(seq), _KINDS[kind]
     value = _parse_event(frame)
-    return FrameHead(value["seq"], EventKind(value["event"]))
+    return value["seq"], EventKind(value["event"])
 
 
 def frame_ts(frame: bytes) -> int:
@@ -127,7 +122,7 @@ def stored_seq(notice: bytes) -> int | None:
 
 
 def seq_of_frame(frame: bytes) -> int:
-    return frame_head(frame).seq
+    return frame_head(frame)[0]
 
 
 def json_type(value: object) -> str:
@@ -192,6 +187,6 @@ def sse_message(frame: bytes) -> bytes:
     """One SSE message for a frame the gateway sends: an event (`id:` its stream id, `event:`
     its kind) or an error (`event: error`); the data is the frame as a WebSocket gets it."""
     if frame.startswith(EVENT_PREFIX):
-        head = frame_head(frame)
-        return b"id: %d-0\nevent: %s\n%s" % (head.seq, head.kind.value.encode(), _sse_data(frame))
+        seq, kind = frame_head(frame)
+        return b"id: %d-0\nevent: %s\n%s" % (seq, kind.value.encode(), _sse_data(frame))
     return b"event: error\n" + _sse_data(frame)

@@ -44,7 +44,7 @@ from service.backoff import reconnect_delay_s
 from service.codec import FrameError, FrameHead, frame_head, stored_seq
 from service.delivery.base import CatchUpCause, LiveSource, Watcher
 from service.delivery.supervise import restart_forever
-from service.model import ErrorCode, ServiceError
+from service.model import ErrorCode, EventKind, ServiceError
 from service.server_identity import ServerIdentity
 from service.stats import GatewayStats
 from service.streams import Page, PageReader, PageRequest
@@ -296,8 +296,9 @@ class Hub:
     def _offer(self, feed: Feed, watches: Iterable[Watch], frame: bytes, head: FrameHead) -> bool:
         """Apply the delivery rule to `watches`; True if some watch is missing frames."""
         missed = False
-        seq, terminal = head.seq, head.terminal
-        ended: list[Watch] = []
+        seq, kind = head
+        terminal = kind is not EventKind.DATA
+        ended: list[Watch] | None = None
         for watch in watches:
             if watch.paused:
                 continue
@@ -309,10 +310,12 @@ class Hub:
                 watch.last_frame = frame
                 watch.error_sent = False
                 if terminal:
+                    if ended is None:
+                        ended = []
                     ended.append(watch)
             elif seq > watch.last_seq + 1:
                 missed = True
-        for watch in ended:
+        for watch in ended or ():
             self._end(feed.job, watch)
         return missed
 

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 PMESSAGE = b"pmessage"
 PSUBSCRIBE = b"psubscribe"
 YIELD_EVERY = 64
+# Job ids of the channels seen last: a dict lookup instead of slicing and decoding the name
+# (0.27 µs) for every frame; forgotten all at once when full, so it stays below ~1 MiB.
+JOB_NAMES_KEPT = 4096
 
 
 class SubscriberSilent(ConnectionError):
@@ -126,25 +129,31 @@ class PatternSubscriber:
                 raise ConnectionError("the subscriber connection went away")
             replies = Replies(connection)
             next_reply, receive = replies.next, replies.receive
+            jobs: dict[bytes, str] = {}
             handled = 0
             while True:
                 reply = next_reply()
                 if reply is NOT_ENOUGH_DATA:
                     await receive()
+                    self._last_message = loop.time()
                     continue
                 handled += 1
                 if handled % YIELD_EVERY == 0:
                     # Replies already buffered are parsed without awaiting I/O: let the
                     # session writers run now and then during a burst.
                     await asyncio.sleep(0)
-                self._last_message = loop.time()
                 kind = reply[0]
                 if kind == PMESSAGE:
                     channel = reply[2]
                     if channel == probe:
                         self._probe_sent_at = None
-                    else:
-                        self._hand_over(sink, keys.job_of_channel(channel), reply[3])
+                        continue
+                    job = jobs.get(channel)
+                    if job is None:
+                        if len(jobs) >= JOB_NAMES_KEPT:
+                            jobs.clear()
+                        job = jobs[channel] = keys.job_of_channel(channel)
+                    self._hand_over(sink, job, reply[3])
                 elif kind == PSUBSCRIBE:
                     self._on_subscribed()
         finally:

@@ -166,6 +166,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._drop: asyncio.TimerHandle | None = None
         self._writes: Writes | None = None
         self._last_step = -1  # the step this socket's last fast frame was written in
+        self._write_paused = False  # uvicorn's `writable` cleared (an Event: a call to read)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         writes = self._writes = Writes(cast(asyncio.Transport, transport))
@@ -188,7 +189,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         ordinary way. Synchronous: the session's sends cost no coroutine per frame."""
         conn = self.conn
         if (
-            self.writable.is_set()
+            not self._write_paused
             and self.handshake_complete
             and not self.close_sent
             and not self.disconnected
@@ -274,11 +275,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._write_paused = True
         if self._stall is None:
             self._stall = self.loop.call_later(self.stall_timeout_s + self.grace_s, self._stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._write_paused = False
         self._stall = cancelled(self._stall)
 
     def _stalled(self) -> None:
