@@ -107,18 +107,16 @@ class PatternSubscriber:
 
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
-        loop = asyncio.get_running_loop()
-        keys, sink, probe = self._keys, self._sink, self._probe_channel
         try:
             # The subscriber's socket has no read timeout, so bound the subscribe itself: a
             # connection that cannot even confirm it is no better than a dead one.
             timeout_s = self._settings.redis_connect_timeout_s + self._settings.probe_timeout_s
             async with asyncio.timeout(timeout_s):
-                await pubsub.psubscribe(keys.channel_pattern)
+                await pubsub.psubscribe(self._keys.channel_pattern)
                 reply: Any = await pubsub.parse_response(block=True)
             if reply[0] != PSUBSCRIBE:
                 raise ConnectionError(f"expected a psubscribe confirmation, got {reply[0]!r}")
-            self._last_message = loop.time()
+            self._last_message = self._loop.time()
             self._on_subscribed()
             # From here on, read the connection itself: PubSub's per-message layers (health
             # check, retry, reconnect-and-resubscribe) cost a fifth of a busy gateway's CPU,
@@ -127,50 +125,54 @@ class PatternSubscriber:
             connection = pubsub.connection
             if connection is None:
                 raise ConnectionError("the subscriber connection went away")
-            replies = Replies(connection)
-            next_reply, receive = replies.next, replies.receive
-            jobs: dict[bytes, str] = {}
-            handled = 0
-            while True:
-                reply = next_reply()
-                if reply is NOT_ENOUGH_DATA:
-                    await receive()
-                    self._last_message = loop.time()
-                    continue
-                handled += 1
-                if handled % YIELD_EVERY == 0:
-                    # Replies already buffered are parsed without awaiting I/O: let the
-                    # session writers run now and then during a burst.
-                    await asyncio.sleep(0)
-                kind = reply[0]
-                if kind == PMESSAGE:
-                    channel = reply[2]
-                    if channel == probe:
-                        self._probe_sent_at = None
-                        continue
-                    job = jobs.get(channel)
-                    if job is None:
-                        if len(jobs) >= JOB_NAMES_KEPT:
-                            jobs.clear()
-                        job = jobs[channel] = keys.job_of_channel(channel)
-                    self._hand_over(sink, job, reply[3])
-                elif kind == PSUBSCRIBE:
-                    self._on_subscribed()
+            await self._hand_over(Replies(connection))
         finally:
             self.connected = False
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
-    def _hand_over(self, sink: LiveSink, job: str, frame: bytes) -> None:
-        """One frame to the hub; a failure there is not a lost connection."""
-        try:
-            sink.publish(job, frame)
-        except Exception:
-            # A bug in delivery, not in the connection: keep reading, and have this one job
-            # read from its stream rather than reconnecting and re-reading every job.
-            self._stats.delivery_errors += 1
-            log.exception("delivering a frame of job %s failed; catching the job up", job)
-            sink.missed([job], CatchUpCause.GAP)
+    async def _hand_over(self, replies: Replies) -> None:
+        """Every frame received to the hub, until the connection is lost: the hot path."""
+        loop, keys, sink, probe = self._loop, self._keys, self._sink, self._probe_channel
+        next_reply, receive, publish = replies.next, replies.receive, sink.publish
+        jobs: dict[bytes, str] = {}
+        handled = 0
+        while True:
+            reply = next_reply()
+            if reply is NOT_ENOUGH_DATA:
+                await receive()
+                self._last_message = loop.time()
+                continue
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # Replies already buffered are parsed without awaiting I/O: let the
+                # session writers run now and then during a burst.
+                await asyncio.sleep(0)
+            kind = reply[0]
+            if kind == PMESSAGE:
+                channel = reply[2]
+                if channel == probe:
+                    self._probe_sent_at = None
+                    continue
+                job = jobs.get(channel)
+                if job is None:
+                    if len(jobs) >= JOB_NAMES_KEPT:
+                        jobs.clear()
+                    job = jobs[channel] = keys.job_of_channel(channel)
+                try:
+                    publish(job, reply[3])
+                except Exception:
+                    self._delivery_failed(job)
+            elif kind == PSUBSCRIBE:
+                self._on_subscribed()
+
+    def _delivery_failed(self, job: str) -> None:
+        """A frame the hub failed on: a bug in delivery, not in the connection. Keep reading,
+        and have this one job read from its stream rather than reconnecting and re-reading
+        every job."""
+        self._stats.delivery_errors += 1
+        log.exception("delivering a frame of job %s failed; catching the job up", job)
+        self._sink.missed([job], CatchUpCause.GAP)
 
     def _on_subscribed(self) -> None:
         """Anything published before this moment may have been missed: catch up every job."""
