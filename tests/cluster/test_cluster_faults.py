@@ -136,7 +136,9 @@ async def test_a_watched_jobs_slot_migrated_mid_stream(cluster: LocalCluster, mo
         assert [exactly_once_or_gone(got[j], j) for j, _ in jobs] == ["done"] * 3
 
 
-async def test_a_replica_promoted_by_hand_is_checked_per_node(cluster: LocalCluster) -> None:
+async def test_a_replica_promoted_by_hand_is_checked_per_node(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     """CLUSTER FAILOVER: the job's slot moves to a promoted replica, a node with another run id
     and replication id. Identity is per node: the gateway checks the job's watches against
     that node's data before it delivers more live frames (a server change is counted), and
@@ -164,8 +166,10 @@ async def test_a_replica_promoted_by_hand_is_checked_per_node(cluster: LocalClus
         async with httpx.AsyncClient(base_url=base) as http:
             found = samples((await http.get("/metrics")).text)
         changes = sum(v for (name, _), v in found.items() if "redis_server_changes" in name)
-        checked = found[("resultcast_catch_ups_total", (("cause", "failover"), ("mode", "pubsub")))]
-        assert changes >= 1 and checked >= 1, (changes, checked)
+        assert changes >= 1, changes
+        # The check's catch-up is counted under `failover` only when none is queued for the
+        # job already (the moved subscription may have queued one): it then joins that read.
+        assert "watched job(s) against their new Redis node" in caplog.text
 
 
 async def test_a_client_moves_between_two_gateways_mid_job(cluster: LocalCluster) -> None:
