@@ -45,7 +45,7 @@ from service.bench.harness import (
     close_all,
     connections_named,
     gateway_figures,
-    percentile_ms,
+    latency_figures,
     private_redis,
     proc_stats,
     raise_open_files_limit,
@@ -118,16 +118,8 @@ async def latency(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "events": sink.events,
         "rate_per_s": args.latency_sockets * 1000 // interval_ms,
-        "p50_ms": percentile_ms(lat, 50),
-        "p95_ms": percentile_ms(lat, 95),
-        "p99_ms": percentile_ms(lat, 99),
-        "max_ms": max(lat) / 1e6,
-        "steady": {
-            "events": len(steady),
-            "p50_ms": percentile_ms(steady, 50),
-            "p99_ms": percentile_ms(steady, 99),
-            "max_ms": max(steady, default=0) / 1e6,
-        },
+        **latency_figures(lat),
+        "steady": {"events": len(steady), **latency_figures(steady)},
         # Emit to the gateway's send (one send in 8): what of the tail is the gateway's.
         "gateway_send": send_latency_summary(gateway_before, gateway_after),
         "emitted_before_watches_were_live": sink.before_live,

@@ -21,7 +21,7 @@ from service.bench.harness import (
     all_live,
     close_all,
     connections_named,
-    percentile_ms,
+    latency_figures,
     private_cluster,
     private_redis,
     running_stack,
@@ -115,15 +115,6 @@ async def settled(stack: Stack, quiet_s: float = 2.0, timeout_s: float = 120.0) 
             return
         previous = current
         await asyncio.sleep(quiet_s)
-
-
-def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
-    return {
-        "p50_ms": percentile_ms(latencies_ns, 50),
-        "p95_ms": percentile_ms(latencies_ns, 95),
-        "p99_ms": percentile_ms(latencies_ns, 99),
-        "max_ms": max(latencies_ns) / 1e6 if latencies_ns else float("nan"),
-    }
 
 
 def exactness(sockets: list[WsProtocol], expected: int) -> dict[str, int]:

@@ -45,6 +45,16 @@ def percentile_ms(values_ns: list[int], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] / 1e6
 
 
+def latency_figures(latencies_ns: list[int]) -> dict[str, float]:
+    """p50, p95, p99 and max of latencies in ns, in ms."""
+    return {
+        "p50_ms": percentile_ms(latencies_ns, 50),
+        "p95_ms": percentile_ms(latencies_ns, 95),
+        "p99_ms": percentile_ms(latencies_ns, 99),
+        "max_ms": max(latencies_ns) / 1e6 if latencies_ns else float("nan"),
+    }
+
+
 class Progress:
     """One line on stderr that a phase keeps up to date."""
 
@@ -84,19 +94,20 @@ async def until(
         await asyncio.sleep(step_s)
 
 
+async def metrics_text(base: str) -> str:
+    """The gateway's `/metrics`, retried over a connection error or two."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for _ in range(4):
+            with contextlib.suppress(httpx.TransportError):
+                return (await http.get("/metrics")).text
+            await asyncio.sleep(0.2)
+        return (await http.get("/metrics")).text  # the fifth try: its error is raised
+
+
 async def gateway_figures(base: str) -> dict[str, float]:
     """The gateway's own figures from `/metrics` (summed over labels), by metric name."""
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        for attempt in range(5):
-            try:
-                text = (await http.get("/metrics")).text
-                break
-            except httpx.TransportError:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.2)
     figures: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in (await metrics_text(base)).splitlines():
         if line and not line.startswith("#"):
             name = line.split("{", 1)[0].split(" ", 1)[0]
             figures[name] = figures.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
@@ -106,10 +117,8 @@ async def gateway_figures(base: str) -> dict[str, float]:
 async def send_latency_buckets(base: str) -> dict[float, float]:
     """The gateway's own emit-to-send latency (`resultcast_delivery_latency_seconds`, one send
     in 8): cumulative counts by upper bound in ms, summed over modes."""
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        text = (await http.get("/metrics")).text
     buckets: dict[float, float] = {}
-    for line in text.splitlines():
+    for line in (await metrics_text(base)).splitlines():
         if line.startswith("resultcast_delivery_latency_seconds_bucket{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             bound_ms = float("inf") if bound == "+Inf" else float(bound) * 1000

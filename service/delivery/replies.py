@@ -30,16 +30,16 @@ class Replies:
         parser = getattr(connection, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
-        self.direct = isinstance(parser, _AsyncHiredisParser) and reader is not None
         self._connection = connection
-        self._held: Any = NOT_ENOUGH_DATA
-        if self.direct and isinstance(stream, asyncio.StreamReader):
-            assert reader is not None
-            self._gets = reader.gets
-            self._feed = reader.feed
-            self._stream = stream
-        else:
-            self.direct = False
+        self._held: Any = NOT_ENOUGH_DATA  # without hiredis: the reply last read
+        self.direct = False
+        if (
+            isinstance(parser, _AsyncHiredisParser)
+            and reader is not None
+            and isinstance(stream, asyncio.StreamReader)
+        ):
+            self.direct = True
+            self._gets, self._feed, self._stream = reader.gets, reader.feed, stream
 
     def next(self) -> Any:
         if not self.direct:
