@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import deque
 from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -149,6 +150,46 @@ class Steps:
             writes.flush()
 
 
+class Inbox:
+    """What the client sent, waiting for the application's `receive`: uvicorn's queue
+    without `asyncio.Queue`'s four deques and its event (2 KiB per socket, nearly always
+    empty). One reader (the connection's application), as ASGI has it."""
+
+    __slots__ = ("_items", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[Any] | None = None  # only while something waits
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("two readers of one WebSocket's messages")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = self._items
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol with bounded pongs, message deadlines and dropped closes."""
 
@@ -161,6 +202,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.queue = cast("asyncio.Queue[Any]", Inbox(self.loop))
         self._unfinished: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._drop: asyncio.TimerHandle | None = None
@@ -216,8 +258,19 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         data = message.get(FAST_TEXT)
         if data is None:
             await super().send(message)
+            if message["type"] == "websocket.accept" and self.handshake_complete:
+                self._forget_handshake()
         elif not self.write_text_now(data):
             await super().send({"type": "websocket.send", "text": bytes(data).decode()})
+
+    def _forget_handshake(self) -> None:
+        """Let go of the upgrade request and the 101 response once it is sent: nothing reads
+        them again, and they are 3 KiB on every idle socket. websockets' parser keeps the
+        request to the end (a local of its generator), so its headers are emptied too."""
+        request = getattr(self, "request", None)
+        if request is not None:
+            request.headers.clear()
+        self.request = self.response = None  # type: ignore[assignment]
 
     # -- what the client sends ----------------------------------------------------------------
 

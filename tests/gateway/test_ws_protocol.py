@@ -4,7 +4,9 @@ text frame that is not UTF-8 is one log line, not an ERROR with a traceback."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -83,6 +85,20 @@ def test_what_the_guarded_protocols_rely_on_exists() -> None:
     ):
         assert callable(getattr(http, method, None)), f"HttpToolsProtocol.{method}"
     assert isinstance(ServerState().connections, set)
+
+
+def test_uvicorn_reads_its_queue_and_handshake_only_as_the_protocol_assumes() -> None:
+    """`Inbox` stands in for uvicorn's `asyncio.Queue` with three methods, and the handshake's
+    request and response are dropped once the 101 is sent: an upgrade that uses the queue
+    otherwise, or reads the handshake later, fails here."""
+    source = inspect.getsource(WebSocketsSansIOProtocol)
+    assert set(re.findall(r"self\.queue\.(\w+)", source)) <= {"put_nowait", "get", "empty"}
+    readers = {
+        name
+        for name, method in vars(WebSocketsSansIOProtocol).items()
+        if callable(method) and re.search(r"self\.(request|response)\b", inspect.getsource(method))
+    }
+    assert readers == {"handle_connect", "send"}, readers
 
 
 @pytest.mark.logs_errors  # the guard must not hide an ERROR: the assertion below checks
