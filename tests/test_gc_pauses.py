@@ -32,3 +32,21 @@ def test_startup_objects_are_frozen_and_its_garbage_freed() -> None:
     # frozen: the 10,000 live objects at least; the cycle collected first; and the frozen
     # objects are out of the collector's sight (gc.get_objects no longer lists them)
     assert run.stdout.split() == ["True", "True", "True"], run.stdout + run.stderr
+
+
+LESS_OFTEN = """
+import gc
+from service.gc_pauses import YOUNG_THRESHOLD, collect_less_often
+
+before = gc.get_threshold()
+collect_less_often()
+after = gc.get_threshold()
+print(after == (YOUNG_THRESHOLD, *before[1:]), YOUNG_THRESHOLD > before[0])
+"""
+
+
+def test_the_gateway_collects_its_young_objects_less_often() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", LESS_OFTEN], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr

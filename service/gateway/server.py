@@ -13,7 +13,7 @@ from service.gateway.app import GatewayApp, create_app
 from service.gateway.http_protocol import guarded_http_protocol
 from service.gateway.sessions import Sessions
 from service.gateway.ws_protocol import guarded_ws_protocol
-from service.gc_pauses import freeze_what_startup_made
+from service.gc_pauses import collect_less_often, freeze_what_startup_made
 from service.keys import Keys
 from service.memory import releasing_free_memory
 from service.migrate import require_layout
@@ -118,5 +118,6 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
     asyncio.run(_preflight(settings))
     server = gateway_server(settings, host, port)
     freeze_what_startup_made()
+    collect_less_often()
     server.run()
     return 0 if server.started else 1

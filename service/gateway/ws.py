@@ -32,17 +32,27 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class WebSocketSession:
-    """One accepted WebSocket: reads it until either side closes, with an idle timeout."""
+    """One accepted WebSocket: reads it until either side closes, with an idle timeout.
+
+    The deadline of a read (the idle timeout, or the close's grace period) is one timer for
+    the connection, moved when it fires early: `asyncio.timeout_at` around every read made a
+    timer, a context object and two `getpid()` calls each time (asyncio checks the process
+    on every `get_running_loop`).
+    """
 
     __slots__ = (
         "__weakref__",
+        "_cancelling",
         "_close_deadline",
+        "_expired",
         "_last_read",
         "_loop",
-        "_read_timeout",
+        "_reader",
+        "_reading",
         "_receive",
         "_send",
         "_settings",
+        "_timer",
         "outbox",
         "peer",
         "watches",
@@ -73,10 +83,14 @@ class WebSocketSession:
             write_now=None if fast_send is None else fast_send.get(WRITE_NOW),
         )
         self.outbox = self.watches.outbox  # what waits for this client, and its writer
-        self._read_timeout: asyncio.Timeout | None = None
         self._close_deadline = 0.0
         self._loop = asyncio.get_running_loop()
         self._last_read = self._loop.time()
+        self._reader: asyncio.Task[Any] | None = None  # the task that reads (run's)
+        self._timer: asyncio.TimerHandle | None = None  # at or before the read's deadline
+        self._reading = False  # the reader waits for the client (or for room to reply)
+        self._expired = False  # the timer cancelled the read
+        self._cancelling = 0  # the reader's cancel requests before the timer's own
 
     async def _send_bytes(self, frame: bytes) -> None:
         """The stored UTF-8 bytes as they are: the server writes them (WEBSOCKET_SEND=fast)."""
@@ -103,11 +117,14 @@ class WebSocketSession:
             return
         outbox.close(code, reason)
         self._close_deadline = self._loop.time() + self._settings.shutdown_grace_s
-        if self._read_timeout is not None:
-            self._read_timeout.reschedule(self._close_deadline)
+        if self._timer is not None and self._timer.when() > self._close_deadline:
+            self._timer.cancel()
+            self._timer = None
+            self._arm(self._close_deadline)
 
     async def run(self) -> None:
         """Serve the socket (already accepted) until either side closes it."""
+        self._reader = asyncio.current_task()
         try:
             await self._read_loop()
         except Exception:
@@ -119,33 +136,57 @@ class WebSocketSession:
             )
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             await self.outbox.finish(self._close_deadline)
             self.watches.end()
 
+    def _deadline(self) -> float:
+        """When the current read ends: the close's grace period, or the idle timeout."""
+        if self.outbox.closing:
+            return self._close_deadline
+        return max(self._last_read, self.outbox.last_sent_at) + self._settings.idle_timeout_s
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if self._loop.time() < deadline:
+            self._arm(deadline)  # the client or a delivery moved it
+        elif self._reading and not self._expired and self._reader is not None:
+            self._expired = True
+            self._cancelling = self._reader.cancelling()
+            self._reader.cancel()
+        # else: the read loop is between reads and sees the deadline itself
+
     async def _read_loop(self) -> None:
-        idle_s = self._settings.idle_timeout_s
         receive, watches, outbox = self._receive, self.watches, self.outbox
+        reader = self._reader
         read = 0
         while True:
-            now = self._loop.time()
-            if outbox.closing:
-                deadline = self._close_deadline
-                if now >= deadline:
+            deadline = self._deadline()
+            if self._loop.time() >= deadline:
+                if outbox.closing:
                     return
-            else:
-                deadline = max(self._last_read, outbox.last_sent_at) + idle_s
-                if now >= deadline:
-                    self.close(CloseCode.NORMAL, "idle timeout")
-                    continue
+                self.close(CloseCode.NORMAL, "idle timeout")
+                continue
+            self._arm(deadline)
+            self._reading = True
             try:
-                async with asyncio.timeout_at(deadline) as self._read_timeout:
-                    if outbox.full:  # replies count: no request is read while they cannot queue
-                        await outbox.wait_for_room()
-                    message = await receive()
-            except TimeoutError:
+                if outbox.full:  # replies count: no request is read while they cannot queue
+                    await outbox.wait_for_room()
+                message = await receive()
+            except asyncio.CancelledError:
+                if not self._expired or reader is None or reader.uncancel() > self._cancelling:
+                    raise  # not (only) the deadline: the task itself is being cancelled
+                self._expired = False
                 continue
             finally:
-                self._read_timeout = None
+                self._reading = False
             kind = message["type"]
             if kind == "websocket.disconnect":
                 outbox.client_gone(message.get("code", 1005))

@@ -29,6 +29,21 @@ async def test_idle_sockets_close_with_1000_but_not_while_events_flow(tmp_path: 
             assert await busy.closed_with() == 1000
 
 
+async def test_client_frames_keep_a_socket_open_past_the_idle_timeout(tmp_path: Path) -> None:
+    """The read's deadline is one timer per socket that fires early while the client is
+    active: it moves, and closes the socket only once the client has been quiet that long."""
+    async with running_stack(tmp_path, idle_timeout_s=0.6) as base, connect(base) as ws:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < 1.8:  # three idle timeouts, a ping every 0.15 s
+            await ws.send({"op": "ping"})
+            assert await ws.recv() == {"type": "pong"}
+            last_pong = loop.time()
+            await asyncio.sleep(0.15)  # the client's pace, not a wait for the server
+        assert await ws.closed_with() == 1000
+        assert loop.time() - last_pong >= 0.55  # quiet for the whole timeout first
+
+
 async def test_shutdown_closes_sockets_with_1001(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis")
     server.start()
