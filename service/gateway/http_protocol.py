@@ -144,7 +144,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # The connection is the WebSocket protocol's from now on, with its own guards.
         self._deadline = cancelled(self._deadline)
         self._stall = cancelled(self._stall)
-        super().handle_websocket_upgrade()
+        # Ours takes the request as parsed here (`GuardedWebSocketProtocol.take_over`).
+        take_over = getattr(self.ws_protocol_class, "take_over", None)
+        if take_over is not None and take_over(self):
+            self.connections.discard(self)
+        else:
+            super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
         if self.transport.is_closing():

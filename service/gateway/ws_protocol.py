@@ -30,11 +30,16 @@ What uvicorn's `websockets-sansio` protocol does below the application, and what
   back-pressure, a negotiated `permessage-deflate`) goes through uvicorn's own code, which
   decodes, re-encodes and serialises each frame through websockets' `Frame` (about four
   copies of the payload).
+- The upgrade request is taken over as httptools parsed it (`take_over`): websockets gets its
+  `Request` rather than the bytes written out again and parsed a second time. A request
+  websockets would not have parsed the same (`parsed_upgrade`) goes the old way.
+- The receive queue is an `Inbox` (no `asyncio.Queue`), and the handshake's request and
+  response are let go once the 101 is sent: an idle socket is smaller by about 5 KiB.
 
 It relies on attributes of uvicorn's class (`conn`, `frames`, `writable`, `close_sent`,
 `transport`, `handshake_complete`, `initial_response`, `scope`) and of `websockets`'
 `ServerProtocol` (`reader.buffer`, `writes`, `extensions`, `expect_continuation_frame`,
-`state`);
+`state`, `parser`, `events`), and for the upgrade on uvicorn's HTTP protocol's parsed request;
 `tests/gateway/test_ws_protocol.py` checks that they exist in the pinned versions
 (`constraints.txt`), so an upgrade that moves them fails there, not in production.
 """
@@ -43,12 +48,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import struct
 from collections import deque
 from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import OPEN
+from websockets.datastructures import Headers
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
+from websockets.protocol import OPEN, Protocol
 
 from service.config import Settings
 from service.gateway.http_protocol import cancelled, reset
@@ -150,6 +158,35 @@ class Steps:
             writes.flush()
 
 
+_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 field names (websockets')
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")  # field values, as websockets checks them
+
+
+def parsed_upgrade(
+    method: str, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> Request | None:
+    """The upgrade request httptools parsed, as websockets' `Request`, when websockets would
+    have parsed the same from its bytes without complaint; None for anything else (a method
+    but GET, HTTP/1.0, too many or too long header lines, a body), which then goes the way it
+    always did, so that websockets answers it as it always has."""
+    if method != "GET" or http_version != "1.1" or len(headers) > MAX_NUM_HEADERS:
+        return None
+    if not target.isascii() or len(target) + 14 > MAX_LINE_LENGTH:
+        return None
+    parsed = Headers()
+    for name, value in headers:
+        if (
+            len(name) + len(value) + 2 > MAX_LINE_LENGTH
+            or name == b"transfer-encoding"
+            or (name == b"content-length" and value.strip(b" \t") != b"0")
+            or not _TOKEN.fullmatch(name)
+            or not _VALUE.fullmatch(value)
+        ):
+            return None
+        parsed.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
+    return Request(target.decode("ascii"), parsed)
+
+
 class Inbox:
     """What the client sent, waiting for the application's `receive`: uvicorn's queue
     without `asyncio.Queue`'s four deques and its event (2 KiB per socket, nearly always
@@ -209,6 +246,35 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._writes: Writes | None = None
         self._last_step = -1  # the step this socket's last fast frame was written in
         self._write_paused = False  # uvicorn's `writable` cleared (an Event: a call to read)
+
+    @classmethod
+    def take_over(cls, http: Any) -> bool:
+        """Take the connection over from uvicorn's HTTP protocol `http`, which has parsed the
+        upgrade request; False (nothing done) for a request `parsed_upgrade` leaves to
+        websockets. uvicorn writes the request out again for websockets to parse a second
+        time: about a tenth of what a connection costs the gateway."""
+        scope = http.scope
+        request = parsed_upgrade(scope["method"], scope["http_version"], http.url, http.headers)
+        if request is None:
+            return False
+        protocol = cls(
+            config=http.config,
+            server_state=http.server_state,
+            app_state=http.app_state,
+            _loop=http.loop,
+        )
+        protocol.connection_made(http.transport)
+        http.transport.set_protocol(protocol)
+        protocol.handshake(request)
+        return True
+
+    def handshake(self, request: Request) -> None:
+        """Answer `request` as if websockets had parsed it: its parser goes on to frames."""
+        conn = self.conn
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        conn.events.append(request)
+        self.handle_events()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         writes = self._writes = Writes(cast(asyncio.Transport, transport))

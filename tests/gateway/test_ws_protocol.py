@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 from service.config import Settings
@@ -85,6 +87,15 @@ def test_what_the_guarded_protocols_rely_on_exists() -> None:
     ):
         assert callable(getattr(http, method, None)), f"HttpToolsProtocol.{method}"
     assert isinstance(ServerState().connections, set)
+    # Taking the upgrade over as parsed (GuardedWebSocketProtocol.take_over and handshake).
+    for name in ("config", "server_state", "app_state", "transport", "url", "headers"):
+        assert name in vars(http) or name in HttpToolsProtocol.on_message_begin.__code__.co_names
+    assert "_loop" in inspect.signature(WebSocketsSansIOProtocol.__init__).parameters
+    assert "connections" in vars(http) and "ws_protocol_class" in vars(http)
+    server = ServerProtocol()
+    assert inspect.isgenerator(server.parser) and isinstance(server.events, list)
+    assert inspect.isgeneratorfunction(Protocol.parse)
+    assert callable(Headers.set_insecure) and callable(getattr(ws, "handle_events", None))
 
 
 def test_uvicorn_reads_its_queue_and_handshake_only_as_the_protocol_assumes() -> None:
