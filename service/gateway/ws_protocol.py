@@ -171,14 +171,17 @@ def parsed_upgrade(
     always did, so that websockets answers it as it always has."""
     if method != "GET" or http_version != "1.1" or len(headers) > MAX_NUM_HEADERS:
         return None
-    if not target.isascii() or len(target) + 14 > MAX_LINE_LENGTH:
+    # Line lengths as uvicorn writes the request out: "GET <target> HTTP/1.1\r\n" and
+    # "<name>: <value>\r\n", at most MAX_LINE_LENGTH bytes each with the CRLF.
+    if not target.isascii() or len(target) + 15 > MAX_LINE_LENGTH:
         return None
     parsed = Headers()
-    for name, value in headers:
+    for name, raw_value in headers:
+        value = raw_value.strip(b" \t")
         if (
-            len(name) + len(value) + 2 > MAX_LINE_LENGTH
+            len(name) + len(raw_value) + 4 > MAX_LINE_LENGTH
             or name == b"transfer-encoding"
-            or (name == b"content-length" and value.strip(b" \t") != b"0")
+            or (name == b"content-length" and value != b"0")
             or not _TOKEN.fullmatch(name)
             or not _VALUE.fullmatch(value)
         ):

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 
+import pytest
 import redis.asyncio as redis
 from hypothesis import given
 from hypothesis import strategies as st
@@ -90,6 +91,28 @@ def test_what_websockets_would_refuse_is_left_to_it() -> None:
     assert same(
         parsed_upgrade("GET", "1.1", b"/ws", zero), websockets_own("GET", "1.1", b"/ws", zero)
     )
+
+
+@pytest.mark.parametrize("size", [8175, 8176, 8177, 8178, 8179])
+def test_lines_at_websockets_length_limit_are_decided_as_it_decides(size: int) -> None:
+    target = b"/" + b"p" * (size - 1)
+    assert same(
+        parsed_upgrade("GET", "1.1", target, ORDINARY),
+        websockets_own("GET", "1.1", target, ORDINARY),
+    )
+    headers = [*ORDINARY, (b"x-long", b"v" * (size + 5))]  # a line of size + 15 bytes too
+    ours, theirs = (
+        parsed_upgrade("GET", "1.1", b"/ws", headers),
+        websockets_own("GET", "1.1", b"/ws", headers),
+    )
+    assert same(ours, theirs)
+
+
+def test_whitespace_around_values_is_dropped_as_websockets_drops_it() -> None:
+    headers = [*ORDINARY, (b"x-padded", b" \tv \t")]
+    ours = parsed_upgrade("GET", "1.1", b"/ws", headers)
+    assert ours is not None and ours.headers["x-padded"] == "v"
+    assert same(ours, websockets_own("GET", "1.1", b"/ws", headers))
 
 
 NAMES = st.sampled_from(
