@@ -26,11 +26,9 @@ print(frozen >= 10_000, gone() is None, not any(o is kept[0] for o in gc.get_obj
 
 
 def test_startup_objects_are_frozen_and_its_garbage_freed() -> None:
-    run = subprocess.run(
-        [sys.executable, "-c", STARTUP], capture_output=True, text=True, check=True, timeout=60
-    )
     # frozen: the 10,000 live objects at least; the cycle collected first; and the frozen
     # objects are out of the collector's sight (gc.get_objects no longer lists them)
+    run = in_own_python(STARTUP)
     assert run.stdout.split() == ["True", "True", "True"], run.stdout + run.stderr
 
 
@@ -46,7 +44,13 @@ print(after == (YOUNG_THRESHOLD, *before[1:]), YOUNG_THRESHOLD > before[0])
 
 
 def test_the_gateway_collects_its_young_objects_less_often() -> None:
-    run = subprocess.run(
-        [sys.executable, "-c", LESS_OFTEN], capture_output=True, text=True, check=True, timeout=60
-    )
+    run = in_own_python(LESS_OFTEN)
     assert run.stdout.split() == ["True", "True"], run.stdout + run.stderr
+
+
+def in_own_python(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run in a Python of its own: the collector's settings are the process's, and
+    pytest's must stay as they are."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )

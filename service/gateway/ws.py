@@ -15,6 +15,7 @@ from typing import Any
 
 from service.config import Settings
 from service.delivery.base import Delivery
+from service.gateway.http_protocol import cancelled
 from service.gateway.protocol import BadFrame, CloseCode, origin_allowed
 from service.gateway.running import Gateway
 from service.gateway.watches import Watches
@@ -118,8 +119,7 @@ class WebSocketSession:
         outbox.close(code, reason)
         self._close_deadline = self._loop.time() + self._settings.shutdown_grace_s
         if self._timer is not None and self._timer.when() > self._close_deadline:
-            self._timer.cancel()
-            self._timer = None
+            self._timer = cancelled(self._timer)
             self._arm(self._close_deadline)
 
     async def run(self) -> None:
@@ -136,9 +136,7 @@ class WebSocketSession:
             )
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._timer = cancelled(self._timer)
             await self.outbox.finish(self._close_deadline)
             self.watches.end()
 
