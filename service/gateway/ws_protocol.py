@@ -30,16 +30,19 @@ What uvicorn's `websockets-sansio` protocol does below the application, and what
   back-pressure, a negotiated `permessage-deflate`) goes through uvicorn's own code, which
   decodes, re-encodes and serialises each frame through websockets' `Frame` (about four
   copies of the payload).
-- The upgrade request is taken over as httptools parsed it (`take_over`): websockets gets its
-  `Request` rather than the bytes written out again and parsed a second time. A request
-  websockets would not have parsed the same (`parsed_upgrade`) goes the old way.
+- The upgrade request is taken over as httptools parsed it (`take_over`, `ws_handshake.py`):
+  an ordinary upgrade (what browsers and WebSocket libraries send) is answered here, with
+  the 101 and the scope uvicorn and websockets would have made; any other that websockets
+  would parse the same becomes its `Request`; the rest goes the old way, written out and
+  parsed again by websockets.
 - The receive queue is an `Inbox` (no `asyncio.Queue`), and the handshake's request and
   response are let go once the 101 is sent: an idle socket is smaller by about 5 KiB.
 
 It relies on attributes of uvicorn's class (`conn`, `frames`, `writable`, `close_sent`,
-`transport`, `handshake_complete`, `initial_response`, `scope`) and of `websockets`'
-`ServerProtocol` (`reader.buffer`, `writes`, `extensions`, `expect_continuation_frame`,
-`state`, `parser`, `events`), and for the upgrade on uvicorn's HTTP protocol's parsed request;
+`transport`, `handshake_complete`, `initial_response`, `scope`, and for the upgrade
+`handshake_initiated`, `default_headers`, `tasks`) and of `websockets`' `ServerProtocol`
+(`reader.buffer`, `writes`, `extensions`, `expect_continuation_frame`, `state`, `parser`,
+`events`), and for the upgrade on uvicorn's HTTP protocol's parsed request and addresses;
 `tests/gateway/test_ws_protocol.py` checks that they exist in the pinned versions
 (`constraints.txt`), so an upgrade that moves them fails there, not in production.
 """
@@ -48,19 +51,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from collections import deque
 from typing import Any, cast
 
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
+from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 
 from service.config import Settings
 from service.gateway.http_protocol import cancelled, reset
 from service.gateway.protocol import CloseCode
+from service.gateway.ws_handshake import (
+    Upgrade,
+    ordinary_upgrade,
+    parsed_upgrade,
+    switching_protocols,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +166,6 @@ class Steps:
             writes.flush()
 
 
-_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 field names (websockets')
-_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")  # field values, as websockets checks them
-
-
-def parsed_upgrade(
-    method: str, http_version: str, target: bytes, headers: list[tuple[bytes, bytes]]
-) -> Request | None:
-    """The upgrade request httptools parsed, as websockets' `Request`, when websockets would
-    have parsed the same from its bytes without complaint; None for anything else (a method
-    but GET, HTTP/1.0, too many or too long header lines, a body), which then goes the way it
-    always did, so that websockets answers it as it always has."""
-    if method != "GET" or http_version != "1.1" or len(headers) > MAX_NUM_HEADERS:
-        return None
-    # Line lengths as uvicorn writes the request out: "GET <target> HTTP/1.1\r\n" and
-    # "<name>: <value>\r\n", at most MAX_LINE_LENGTH bytes each with the CRLF.
-    if not target.isascii() or len(target) + 15 > MAX_LINE_LENGTH:
-        return None
-    parsed = Headers()
-    for name, raw_value in headers:
-        value = raw_value.strip(b" \t")
-        if (
-            len(name) + len(raw_value) + 4 > MAX_LINE_LENGTH
-            or name == b"transfer-encoding"
-            or (name == b"content-length" and value != b"0")
-            or not _TOKEN.fullmatch(name)
-            or not _VALUE.fullmatch(value)
-        ):
-            return None
-        parsed.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
-    return Request(target.decode("ascii"), parsed)
-
-
 class Inbox:
     """What the client sent, waiting for the application's `receive`: uvicorn's queue
     without `asyncio.Queue`'s four deques and its event (2 KiB per socket, nearly always
@@ -249,16 +225,21 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._writes: Writes | None = None
         self._last_step = -1  # the step this socket's last fast frame was written in
         self._write_paused = False  # uvicorn's `writable` cleared (an Event: a call to read)
+        self._accept: bytes | None = None  # an ordinary upgrade's, until its 101 is sent
 
     @classmethod
     def take_over(cls, http: Any) -> bool:
         """Take the connection over from uvicorn's HTTP protocol `http`, which has parsed the
-        upgrade request; False (nothing done) for a request `parsed_upgrade` leaves to
-        websockets. uvicorn writes the request out again for websockets to parse a second
-        time: about a tenth of what a connection costs the gateway."""
+        upgrade request; False (nothing done) for a request left to websockets whole. An
+        ordinary upgrade is answered here (`ws_handshake.ordinary_upgrade`), any other that
+        websockets would parse the same is handed to it as its `Request`."""
         scope = http.scope
-        request = parsed_upgrade(scope["method"], scope["http_version"], http.url, http.headers)
-        if request is None:
+        head = (scope["method"], scope["http_version"], http.url, http.headers)
+        upgrade = None
+        if not http.config.ws_per_message_deflate:  # then websockets negotiates it
+            upgrade = ordinary_upgrade(*head, root_path=http.root_path)
+        request = parsed_upgrade(*head) if upgrade is None else None
+        if upgrade is None and request is None:
             return False
         protocol = cls(
             config=http.config,
@@ -266,9 +247,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             app_state=http.app_state,
             _loop=http.loop,
         )
-        protocol.connection_made(http.transport)
-        http.transport.set_protocol(protocol)
-        protocol.handshake(request)
+        if upgrade is not None:
+            protocol._adopt(http)
+            protocol._open(upgrade, scope["state"])
+        else:
+            protocol.connection_made(http.transport)
+            http.transport.set_protocol(protocol)
+            protocol.handshake(cast(Request, request))
         return True
 
     def handshake(self, request: Request) -> None:
@@ -279,17 +264,68 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         conn.events.append(request)
         self.handle_events()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def _adopt(self, http: Any) -> None:
+        """`connection_made`, with the addresses the HTTP protocol `http` read already (two
+        system calls each), and the transport taken from it."""
+        transport = http.transport
+        self.transport = cast(asyncio.Transport, self._attach(transport))
+        self.connections.add(self)
+        self.server, self.client = http.server, http.client
+        self.scheme = "wss" if http.scheme == "https" else "ws"
+        transport.set_protocol(self)
+
+    def _open(self, upgrade: Upgrade, state: dict[str, Any]) -> None:
+        """Start the application on an ordinary upgrade, as uvicorn's `handle_connect` does
+        after websockets accepted it; the 101 goes out when the application accepts. The
+        connection's parser reads frames from here on. `state`: the copy of the app's state
+        uvicorn made for this request."""
+        conn = self.conn
+        conn.state = OPEN
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        self._accept = upgrade.accept
+        self.handshake_initiated = True
+        self.request = self.response = None  # type: ignore[assignment]
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": upgrade.path,
+            "raw_path": upgrade.raw_path,
+            "query_string": upgrade.query_string,
+            "headers": upgrade.headers,
+            "subprotocols": [],
+            "state": state,
+            "extensions": {"websocket.http.response": {}},
+        }
+        self._offer_fast_send()
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    def _attach(self, transport: asyncio.BaseTransport) -> Writes:
+        """The transport as the protocol writes to it, and the loop's `Steps`."""
         writes = self._writes = Writes(cast(asyncio.Transport, transport))
-        super().connection_made(cast(asyncio.BaseTransport, writes))
         steps = type(self)._steps
         if steps is None or steps.loop is not self.loop:
             type(self)._steps = Steps(self.loop)
+        return writes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.BaseTransport, self._attach(transport)))
 
     # -- what the application sends -----------------------------------------------------------
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
+        self._offer_fast_send()
+
+    def _offer_fast_send(self) -> None:
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if self.fast_send and scope is not None:
             scope["extensions"][FAST_SEND_EXTENSION] = {WRITE_NOW: self.write_text_now}
@@ -326,11 +362,37 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         data = message.get(FAST_TEXT)
         if data is None:
+            if self._accept is not None:
+                if message["type"] == "websocket.accept":
+                    await self._send_101(message)
+                    return
+                self._accept = None  # refused (403) or answered over HTTP: uvicorn's way
             await super().send(message)
             if message["type"] == "websocket.accept" and self.handshake_complete:
                 self._forget_handshake()
         elif not self.write_text_now(data):
             await super().send({"type": "websocket.send", "text": bytes(data).decode()})
+
+    async def _send_101(self, message: Any) -> None:
+        """The application accepts an ordinary upgrade: the 101, as uvicorn's `send` has
+        websockets write it (its log line included)."""
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        accept, self._accept = self._accept, None
+        assert accept is not None
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        headers = self.default_headers + list(message.get("headers", []))
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.transport.write(switching_protocols(accept, headers, message.get("subprotocol")))
+            self.start_keepalive()
 
     def _forget_handshake(self) -> None:
         """Let go of the upgrade request and the 101 response once it is sent: nothing reads

@@ -96,6 +96,14 @@ def test_what_the_guarded_protocols_rely_on_exists() -> None:
     assert inspect.isgenerator(server.parser) and isinstance(server.events, list)
     assert inspect.isgeneratorfunction(Protocol.parse)
     assert callable(Headers.set_insecure) and callable(getattr(ws, "handle_events", None))
+    # An ordinary upgrade answered by the protocol (`_adopt`, `_open`, `_send_101`).
+    for name in ("root_path", "server", "client", "scheme"):
+        assert name in vars(http), f"HttpToolsProtocol.{name}"
+    assert '"state"' in inspect.getsource(HttpToolsProtocol.on_message_begin)
+    for name in ("handshake_initiated", "default_headers", "tasks", "asgi_version", "root_path"):
+        assert name in vars(ws), f"WebSocketsSansIOProtocol.{name}"
+    for method in ("on_task_complete", "start_keepalive"):
+        assert callable(getattr(ws, method, None)), f"WebSocketsSansIOProtocol.{method}"
 
 
 def test_uvicorn_reads_its_queue_and_handshake_only_as_the_protocol_assumes() -> None:

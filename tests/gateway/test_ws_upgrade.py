@@ -17,7 +17,7 @@ from websockets.http11 import MAX_NUM_HEADERS, Request
 from websockets.streams import StreamReader
 
 from service.config import Settings
-from service.gateway.ws_protocol import parsed_upgrade
+from service.gateway.ws_handshake import parsed_upgrade
 from tests.attackers import raw_socket, read_head
 from tests.processes import running_gateway
 
