@@ -108,7 +108,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm(self.header_timeout_s, "sent no complete request headers")
+        if self._deadline is None:  # the first request's runs from the connection's opening
+            self._arm(self.header_timeout_s, "sent no complete request headers")
 
     def data_received(self, data: bytes) -> None:
         if not self._in_body:
@@ -150,6 +151,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.connections.discard(self)
         else:
             super().handle_websocket_upgrade()
+        # Nothing here is used again. The parser and the scope's reset callable point back
+        # at this protocol: let go of them, or the three wait for the garbage collector.
+        self.parser = self.scope = None  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         if self.transport.is_closing():

@@ -95,6 +95,7 @@ class Outbox:
         on_drained: Callable[[], None],
         on_stalled: Callable[[], None],
         write_now: WriteNow | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._send_frame = send_frame
         self._write_now = write_now
@@ -115,7 +116,9 @@ class Outbox:
         self._sending = False  # sends are under way in this very step
         self._stall_timer: asyncio.TimerHandle | None = None
         self._room: asyncio.Event | None = None  # only while a reader waits for room
-        self._loop = asyncio.get_running_loop()
+        # Given by the session that makes it: asyncio asks the OS for the process id on every
+        # `get_running_loop`, three system calls per connection for the same answer.
+        self._loop = loop or asyncio.get_running_loop()
         self._progress_at = self.last_sent_at = self._loop.time()
         self.close_code: int | None = None
 

@@ -55,8 +55,10 @@ class Watches:
         settings: Settings,
         stats: GatewayStats,
         write_now: WriteNow | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._close = close
+        self._loop = loop or asyncio.get_running_loop()
         self._delivery = delivery
         self._settings = settings
         self._stats = stats
@@ -69,12 +71,12 @@ class Watches:
             on_drained=self._drained,
             on_stalled=self._stalled,
             write_now=write_now,
+            loop=self._loop,
         )
         # `Watcher.deliver`, the outbox's own: one call less for every frame delivered.
         self.deliver: Callable[[bytes], bool] = self.outbox.offer
         self.watching: set[str] = set()
         self._bad_frames: deque[float] | None = None
-        self._loop = asyncio.get_running_loop()
 
     # -- Watcher (and `deliver`, set in __init__) ----------------------------------------------
 

@@ -74,6 +74,7 @@ class WebSocketSession:
         self._receive = receive
         self._send = send
         self._settings = settings
+        self._loop = asyncio.get_running_loop()
         self.watches = Watches(
             self._send_text if fast_send is None else self._send_bytes,
             self._send_close,
@@ -82,10 +83,10 @@ class WebSocketSession:
             settings=settings,
             stats=stats,
             write_now=None if fast_send is None else fast_send.get(WRITE_NOW),
+            loop=self._loop,
         )
         self.outbox = self.watches.outbox  # what waits for this client, and its writer
         self._close_deadline = 0.0
-        self._loop = asyncio.get_running_loop()
         self._last_read = self._loop.time()
         self._reader: asyncio.Task[Any] | None = None  # the task that reads (run's)
         self._timer: asyncio.TimerHandle | None = None  # at or before the read's deadline

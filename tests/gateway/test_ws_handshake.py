@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -228,3 +230,40 @@ async def test_a_websocket_refused_before_its_101_gets_uvicorns_403(
         port = int(base.rsplit(":", 1)[1])
         answer = await asyncio.to_thread(answer_to, port, "/nowhere", CLIENTS["chromium"])
     assert answer.startswith(b"HTTP/1.1 403 "), answer
+
+
+async def test_the_http_protocol_is_freed_at_the_upgrade_without_the_collector(
+    settings: Settings,
+) -> None:
+    """Once the WebSocket protocol has the connection, nothing keeps uvicorn's HTTP protocol
+    (its parser and its scope pointed back at it: a cycle only the collector could free)."""
+    made: list[weakref.ref[Any]] = []
+    base_http = guarded_http_protocol(settings)
+
+    class Recorded(base_http):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    scopes: list[dict[str, Any]] = []
+    served = config(lambda s, r, w: _recorder(scopes, s, r, w), True, settings)
+    served.http = Recorded
+    async with serving(served) as base:
+        port = int(base.rsplit(":", 1)[1])
+        gc.disable()
+        try:
+            for headers in (CLIENTS["chromium"], with_header(b"sec-websocket-protocol", b"chat")):
+                sock = await asyncio.to_thread(raw_socket, port)
+                try:
+                    lines = [b"GET /ws HTTP/1.1\r\n"] + [
+                        n + b": " + v + b"\r\n" for n, v in headers
+                    ]
+                    await asyncio.to_thread(sock.sendall, b"".join(lines) + b"\r\n")
+                    head = await asyncio.to_thread(read_head, sock)
+                    assert head.startswith(b"HTTP/1.1 101 "), head
+                    assert made and made[-1]() is None  # freed by its last reference going
+                finally:
+                    sock.close()
+        finally:
+            gc.enable()
+    assert len(made) == 2
