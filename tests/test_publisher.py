@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
+from service.aio import stop_tasks
 from service.codec import ENTRY_FIELD, seq_of_frame
 from service.keys import Keys
 from service.model import EventKind
@@ -44,9 +45,7 @@ class Notifications:
 
     async def __aexit__(self, *_exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_tasks([self._task])  # redis-py may swallow one cancellation
         await self._pubsub.aclose()
         await self._client.aclose()
 
@@ -59,9 +58,7 @@ async def emitter_for(url: str) -> AsyncIterator[Emitter]:
     try:
         yield emitter
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_tasks([task])  # redis-py may swallow one cancellation
         await client.aclose()
 
 

@@ -9,13 +9,13 @@ client receives every event once and `GET /jobs` answers in pages of bounded siz
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.aio import stop_tasks
 from tests.conftest import wait_for
 from tests.processes import gateway_process, migrated_redis, ready, service_process
 from tests.redis_servers import free_port
@@ -66,9 +66,9 @@ async def watched_events(base: str, job: str, token: str, peaks: Peaks) -> list[
             await ws.watch(job, token)
             frames = (await ws.events_until_terminal({job}, timeout_s=90))[job]
     finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+        # redis-py can swallow a cancellation that races with a command's reply, and a
+        # sampler that swallowed it samples on forever: cancelled until it ends.
+        await stop_tasks([sampler])
     return [f for f in frames if f["type"] == "event"]
 
 
