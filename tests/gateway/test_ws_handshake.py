@@ -24,11 +24,11 @@ from service.gateway.http_protocol import guarded_http_protocol
 from service.gateway.ws_handshake import ordinary_upgrade
 from service.gateway.ws_protocol import FAST_SEND_EXTENSION, guarded_ws_protocol
 from tests.attackers import raw_socket, read_head
-from tests.gateway.test_ws_upgrade import websockets_own
+from tests.gateway.test_ws_upgrade import ORDINARY, websockets_own
 from tests.processes import running_gateway, serving
 from tests.redis_servers import free_port
 
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example: its accept is s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+KEY = dict(ORDINARY)[b"sec-websocket-key"]  # RFC 6455's example: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
 BASE = [(b"host", b"127.0.0.1:8000"), (b"sec-websocket-version", b"13")]
 CLIENTS = {
     "chromium": [
@@ -54,11 +54,7 @@ CLIENTS = {
         (b"upgrade", b"websocket"),
     ],
     "python websockets": [
-        (b"host", b"127.0.0.1:8000"),
-        (b"upgrade", b"websocket"),
-        (b"connection", b"Upgrade"),
-        (b"sec-websocket-key", KEY),
-        (b"sec-websocket-version", b"13"),
+        *(header for header in ORDINARY if header[0] != b"origin"),
         (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
         (b"user-agent", b"Python/3.11 websockets/17.4"),
     ],
