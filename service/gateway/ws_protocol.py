@@ -276,11 +276,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _open(self, upgrade: Upgrade, state: dict[str, Any]) -> None:
         """Start the application on an ordinary upgrade, as uvicorn's `handle_connect` does
-        after websockets accepted it; the 101 goes out when the application accepts. The
-        connection's parser reads frames from here on. `state`: the copy of the app's state
-        uvicorn made for this request."""
+        after websockets accepted it; the 101 goes out when the application accepts (the
+        connection stays CONNECTING until then, as websockets has it). Its parser reads frames
+        from here on. `state`: the copy of the app's state uvicorn made for this request."""
         conn = self.conn
-        conn.state = OPEN
         conn.parser = Protocol.parse(conn)
         next(conn.parser)
         self._accept = upgrade.accept
@@ -391,6 +390,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         headers = self.default_headers + list(message.get("headers", []))
         if not self.transport.is_closing():
             self.handshake_complete = True
+            self.conn.state = OPEN  # what websockets' send_response does with a 101
             self.transport.write(switching_protocols(accept, headers, message.get("subprotocol")))
             self.start_keepalive()
 
