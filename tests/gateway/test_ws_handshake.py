@@ -207,7 +207,8 @@ async def test_the_101_and_the_scope_are_uvicorns_own(target: str, settings: Set
         assert len(scopes) == 1
         scope = scopes[0]
         extensions = scope.pop("extensions")
-        assert (FAST_SEND_EXTENSION in extensions) is guarded
+        offered = guarded and settings.websocket_send == "fast"  # the CI reruns with `asgi`
+        assert (FAST_SEND_EXTENSION in extensions) is offered
         assert extensions.get("websocket.http.response") == {}
         for moving in ("client", "server"):  # its own port, in each run
             assert scope.pop(moving)[0] == "127.0.0.1"
