@@ -258,11 +258,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handshake(self, request: Request) -> None:
         """Answer `request` as if websockets had parsed it: its parser goes on to frames."""
+        self._read_frames()
+        self.conn.events.append(request)
+        self.handle_events()
+
+    def _read_frames(self) -> None:
+        """websockets' parser goes straight to frames: the request was parsed by httptools."""
         conn = self.conn
         conn.parser = Protocol.parse(conn)
         next(conn.parser)
-        conn.events.append(request)
-        self.handle_events()
 
     def _adopt(self, http: Any) -> None:
         """`connection_made`, with the addresses the HTTP protocol `http` read already (two
@@ -279,9 +283,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         after websockets accepted it; the 101 goes out when the application accepts (the
         connection stays CONNECTING until then, as websockets has it). Its parser reads frames
         from here on. `state`: the copy of the app's state uvicorn made for this request."""
-        conn = self.conn
-        conn.parser = Protocol.parse(conn)
-        next(conn.parser)
+        self._read_frames()
         self._accept = upgrade.accept
         self.handshake_initiated = True
         self.request = self.response = None  # type: ignore[assignment]

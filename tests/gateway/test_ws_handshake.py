@@ -250,17 +250,9 @@ async def test_the_http_protocol_is_freed_at_the_upgrade_without_the_collector(
         gc.disable()
         try:
             for headers in (CLIENTS["chromium"], with_header(b"sec-websocket-protocol", b"chat")):
-                sock = await asyncio.to_thread(raw_socket, port)
-                try:
-                    lines = [b"GET /ws HTTP/1.1\r\n"] + [
-                        n + b": " + v + b"\r\n" for n, v in headers
-                    ]
-                    await asyncio.to_thread(sock.sendall, b"".join(lines) + b"\r\n")
-                    head = await asyncio.to_thread(read_head, sock)
-                    assert head.startswith(b"HTTP/1.1 101 "), head
-                    assert made and made[-1]() is None  # freed by its last reference going
-                finally:
-                    sock.close()
+                head = await asyncio.to_thread(answer_to, port, "/ws", headers)
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                assert made and made[-1]() is None  # freed by its last reference going
         finally:
             gc.enable()
     assert len(made) == 2
