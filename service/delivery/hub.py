@@ -395,14 +395,22 @@ class Hub:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending and len(trips) < ROUND_TRIPS_IN_FLIGHT:
-                    reads, feeds, promised = self._next_batch()
-                    if not reads:
+                    trip = self._start_round_trip()
+                    if trip is None:
                         break  # what is left waits for room promised to a trip under way
-                    trip = asyncio.create_task(self._round_trip(reads, feeds, promised))
                     trips.add(trip)
                     trip.add_done_callback(trip_done)
         finally:
             await stop_tasks(trips)
+
+    def _start_round_trip(self) -> asyncio.Task[None] | None:
+        """The next batch's round trip, started (None: nothing to read now). A method of its
+        own so that no local of `run` holds the batch's watchers while `run` waits: an ended
+        client's objects are freed when its round trip is over."""
+        reads, feeds, promised = self._next_batch()
+        if not reads:
+            return None
+        return asyncio.create_task(self._round_trip(reads, feeds, promised))
 
     async def _round_trip(
         self, reads: list[Read], feeds: list[Feed], promised: dict[Watcher, int]

@@ -238,6 +238,7 @@ class SseEndpoint:
         finally:
             stats.sse_open -= 1
             sessions.remove(stream)
+            stream.outbox.release()  # it holds the stream's methods: no cycle is left behind
 
     async def _check(self, gateway: Gateway, scope: dict[str, Any], job: str) -> int | None:
         """The position to stream from (None: the job ended at or before it), or an HTTP

@@ -138,10 +138,13 @@ class Watches:
         self.outbox.put(codec.error(ErrorCode.BAD_REQUEST, error.message, error.job))
 
     def end(self) -> None:
-        """The client is gone: stop every watch."""
+        """The client is gone: stop every watch, and let go of the session (its `close`, and
+        through the outbox its sends) so that reference counting frees the connection."""
         for job in list(self.watching):
             self._delivery.unwatch(job, self)
         self.watching.clear()
+        self.outbox.release()
+        self._close = _closed
 
     def _watch(self, op: WatchOp) -> None:
         # The token comes first: a wrong one learns nothing about the job.
@@ -173,3 +176,7 @@ class Watches:
             self.outbox.put(
                 codec.error(ErrorCode.NOT_FOUND, "this socket does not watch that job", op.job)
             )
+
+
+def _closed(code: CloseCode, reason: str = "") -> None:
+    """An ended client's `close`: it is closed already."""
