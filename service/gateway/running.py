@@ -7,6 +7,7 @@ it on none of them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +42,9 @@ class Gateway:
     sessions: Sessions
     stats: GatewayStats
     metrics: CollectorRegistry
+    # The loop it runs in, handed to each connection: asyncio asks the OS for the process id
+    # on every `get_running_loop`.
+    loop: asyncio.AbstractEventLoop
 
 
 @asynccontextmanager
@@ -79,6 +83,7 @@ async def running_gateway(settings: Settings, sessions: Sessions) -> AsyncIterat
             sessions,
             stats,
             registry_with(collector),
+            asyncio.get_running_loop(),
         )
         await delivery.start()
         log.info("gateway ready (delivery mode %s)", settings.delivery_mode)

@@ -69,12 +69,13 @@ class WebSocketSession:
         *,
         fast_send: dict[str, Any] | None = None,
         peer: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.peer = peer  # the client's address, for log lines
         self._receive = receive
         self._send = send
         self._settings = settings
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self.watches = Watches(
             self._send_text if fast_send is None else self._send_bytes,
             self._send_close,
@@ -125,7 +126,7 @@ class WebSocketSession:
 
     async def run(self) -> None:
         """Serve the socket (already accepted) until either side closes it."""
-        self._reader = asyncio.current_task()
+        self._reader = asyncio.current_task(self._loop)
         try:
             await self._read_loop()
         except Exception:
@@ -220,7 +221,14 @@ class WebSocketEndpoint:
         fast = (scope.get("extensions") or {}).get(FAST_SEND_EXTENSION)
         peer = peer_of(scope.get("client"))
         session = WebSocketSession(
-            receive, send, gateway.delivery, settings, stats, fast_send=fast, peer=peer
+            receive,
+            send,
+            gateway.delivery,
+            settings,
+            stats,
+            fast_send=fast,
+            peer=peer,
+            loop=gateway.loop,
         )
         if not origin_allowed(scope, settings.allowed_origins):
             session.close(CloseCode.POLICY, "origin not allowed")
