@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import socket
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from service.gateway.http_protocol import guarded_http_protocol
 from service.gateway.ws_handshake import ordinary_upgrade
 from service.gateway.ws_protocol import FAST_SEND_EXTENSION, guarded_ws_protocol
 from tests.attackers import raw_socket, read_head
+from tests.conftest import wait_for
 from tests.gateway.test_ws_upgrade import ORDINARY, websockets_own
 from tests.processes import running_gateway, serving
 from tests.redis_servers import free_port
@@ -162,11 +164,13 @@ async def _recorder(scopes: list[dict[str, Any]], scope: Any, receive: Any, send
     await receive()
 
 
-def config(app: Callable[..., Any], guarded: bool, settings: Settings) -> uvicorn.Config:
+def config(
+    app: Callable[..., Any], guarded: bool, settings: Settings, host: str = "127.0.0.1"
+) -> uvicorn.Config:
     """The gateway's protocols (`guarded`) or uvicorn's own, as the gateway configures them."""
     return uvicorn.Config(
         app,
-        host="127.0.0.1",
+        host=host,
         port=free_port(),
         log_config=None,
         lifespan="off",
@@ -256,3 +260,51 @@ async def test_the_http_protocol_is_freed_at_the_upgrade_without_the_collector(
         finally:
             gc.enable()
     assert len(made) == 2
+
+
+async def _addresses(seen: list[tuple[str, Any, Any]], scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that keeps each request's addresses and answers it."""
+    if scope["type"] == "lifespan":
+        return
+    seen.append((scope["type"], scope["client"], scope["server"]))
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+
+def _ask(host: str, port: int, request: bytes) -> tuple[tuple[str, int], tuple[str, int]]:
+    """Send `request`, read the answer's head; the client's and the server's addresses."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect((host, port))
+        sock.sendall(request)
+        assert read_head(sock).startswith((b"HTTP/1.1 204 ", b"HTTP/1.1 101 "))
+        return sock.getsockname()[:2], sock.getpeername()[:2]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_the_addresses_in_the_scope_are_the_connections(
+    host: str, settings: Settings
+) -> None:
+    """The HTTP protocol takes them from what the transport saved (not from a socket object
+    made to ask again): the same (host, port) pairs as uvicorn's own, over IPv4 and IPv6."""
+    upgrade = b"".join(
+        [b"GET /ws HTTP/1.1\r\n", *(name + b": " + value + b"\r\n" for name, value in ORDINARY)]
+    )
+    for guarded in (True, False):
+        seen: list[tuple[str, Any, Any]] = []
+        app = lambda s, r, w, seen=seen: _addresses(seen, s, r, w)  # noqa: E731
+        async with serving(config(app, guarded, settings, host=host)) as base:
+            port = int(base.rsplit(":", 1)[1])
+            plain = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            expected = []
+            for kind, request in (("http", plain), ("websocket", upgrade + b"\r\n")):
+                client, server = await asyncio.to_thread(_ask, host, port, request)
+                expected.append((kind, (client[0], client[1]), (server[0], server[1])))
+            await wait_for(lambda seen=seen: len(seen) == 2, what="both requests")
+        assert seen == expected, guarded

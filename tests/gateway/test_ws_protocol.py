@@ -106,6 +106,15 @@ def test_what_the_guarded_protocols_rely_on_exists() -> None:
         assert callable(getattr(ws, method, None)), f"WebSocketsSansIOProtocol.{method}"
 
 
+def test_uvicorns_connection_made_sets_what_the_guarded_one_does() -> None:
+    """`GuardedHttpProtocol.connection_made` is uvicorn's with the addresses read another
+    way: an upgrade of uvicorn whose own sets anything more fails here."""
+    source = inspect.getsource(HttpToolsProtocol.connection_made)
+    assigned = set(re.findall(r"self\.(\w+) =", source))
+    assert assigned == {"transport", "flow", "server", "client", "scheme"}, assigned
+    assert "self.connections.add(self)" in source
+
+
 def test_uvicorn_reads_its_queue_and_handshake_only_as_the_protocol_assumes() -> None:
     """`Inbox` stands in for uvicorn's `asyncio.Queue` with three methods, and the handshake's
     request and response are dropped once the 101 is sent: an upgrade that uses the queue
