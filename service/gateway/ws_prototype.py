@@ -87,8 +87,15 @@ class Prototype:
         return cls(server, protocol, conn)
 
     def made_for(self, config: Any, server_state: Any, app_state: Any, loop: Any) -> bool:
-        server = (config, server_state.connections, app_state, loop)
-        return all(a is b for a, b in zip(self.server, server, strict=True))
+        """Whether this is the prototype of that server's connections (once per connection:
+        four comparisons, no loop)."""
+        made = self.server
+        return (
+            made[0] is config
+            and made[1] is server_state.connections
+            and made[2] is app_state
+            and made[3] is loop
+        )
 
     def fill(self, protocol: WebSocketsSansIOProtocol, queue: Any) -> None:
         """Give `protocol` (made without its constructor) what the constructor would, with
