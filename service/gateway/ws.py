@@ -139,8 +139,10 @@ class WebSocketSession:
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._timer = cancelled(self._timer)
-            await self.outbox.finish(self._close_deadline)
-            self.watches.end()
+            try:
+                await self.outbox.finish(self._close_deadline)
+            finally:
+                self.watches.end()  # even when cancelled while the last send waits
 
     def _deadline(self) -> float:
         """When the current read ends: the close's grace period, or the idle timeout."""
