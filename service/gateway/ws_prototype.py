@@ -12,8 +12,8 @@ copy of its attributes, with new objects for those that are the connection's own
 attribute must be immutable, or an object every connection of the server shares (its config,
 app, state, loop, loggers, the sets of connections and tasks, the default headers, the
 extension factories). An attribute that is neither means the installed uvicorn or websockets
-is not the one this was written for: then there is no prototype, and each connection is built
-by the constructors, as before (a warning says so, once per server).
+is not the one this was written for: then nothing is copied, and each connection is built by
+the constructors, as before (a warning says so, once per server).
 """
 
 from __future__ import annotations
