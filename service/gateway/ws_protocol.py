@@ -233,16 +233,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         loop = _loop or asyncio.get_event_loop()  # as uvicorn's own
         queue = cast("asyncio.Queue[Any]", Inbox(loop))
         prototype = type(self)._prototype
-        if prototype is not None and prototype.made_for(config, server_state, app_state, loop):
-            if prototype.copyable:
-                prototype.fill(self, queue)
-            else:
-                super().__init__(config, server_state, app_state, loop)
-                self.queue = queue
+        if prototype is not None and not prototype.made_for(config, server_state, app_state, loop):
+            prototype = None  # made for another server (a test's, a restarted gateway's)
+        if prototype is not None and prototype.copyable:
+            prototype.fill(self, queue)
         else:
             super().__init__(config, server_state, app_state, loop)
             self.queue = queue
-            type(self)._prototype = Prototype.of(self)
+            if prototype is None:
+                type(self)._prototype = Prototype.of(self)
         self._unfinished: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._drop: asyncio.TimerHandle | None = None

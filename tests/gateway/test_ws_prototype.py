@@ -82,8 +82,6 @@ async def test_a_copy_is_what_the_constructors_make() -> None:
         made.path,
         list(made.headers.raw_items()),
     )
-    for protocol in (own, first, *copies):
-        protocol.conn.reader.feed_eof()
 
 
 async def test_a_prototype_serves_one_server() -> None:
@@ -116,5 +114,3 @@ async def test_an_attribute_the_copy_does_not_know_means_the_constructors(
     assert built[1].pending_pings is not built[2].pending_pings  # each its own, as made
     warnings = [r for r in caplog.records if r.name == "service.gateway.ws_prototype"]
     assert len(warnings) == 1 and "pending_pings" in warnings[0].getMessage()
-    for protocol in built:
-        protocol.conn.reader.feed_eof()
